@@ -52,7 +52,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         return Err(err("duration", s, EXPECTED));
     }
     if let Ok(secs) = t.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 && secs < 1e9 {
+        return if (0.0..1e9).contains(&secs) {
             Ok(Duration::from_secs_f64(secs))
         } else {
             Err(err("duration", s, EXPECTED))

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and integration tests.
+# Integration tests run real crun, a real registry and real layers, as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh
+if [[ $(id -u) != 0 ]]; then
+  echo "skiff tests: the integration tests start containers and need root" >&2
+  exit 1
+fi
+# A build cache outside the clone, so CI's fresh clones reuse it.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/skiff-target}
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo build --locked -p skiff
+# Integration tests share the host's bridge and cgroups; two threads keeps
+# the 2-core machines honest without serialising everything.
+cargo test --locked --workspace -- --test-threads=2
