@@ -94,7 +94,7 @@ def main():
     if a.cmd:
         cmd = json.loads(a.cmd)
     elif a.demo:
-        cmd = ["sh", "-c", 'exec httpd -f -v -p "${PORT:-8080}" -h /www']
+        cmd = ["sh", "-c", 'httpd -f -v -p "${PORT:-8080}" -h /www & trap "kill $!; exit 0" TERM INT; wait']
     else:
         cmd = ["sh"]
     config = {

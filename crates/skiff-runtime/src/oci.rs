@@ -1,0 +1,534 @@
+//! Driver for an OCI runtime CLI (crun by default; runc, youki and runsc
+//! take the same commands). Shaped like containerd's `runc` crate: typed
+//! arguments build the command line, failures carry the runtime's stderr.
+//!
+//! # Exit codes
+//!
+//! Measured with crun 1.8.1 (runc 1.1.5 behaves the same):
+//! - `run` (foreground) exits with the container init's exit code, or with
+//!   128+N when init was killed by signal N: 137 after `kill -9` from the
+//!   host and after the OOM killer; the caller needs no translation.
+//! - A failure of the runtime itself (bad config, missing executable,
+//!   cgroup trouble) exits 1 with one line on stderr and in `--log`; by its
+//!   code alone it looks like a container exiting 1, so read the log.
+//! - Signals that init sends itself, and signals for which init installed
+//!   no handler (SIGTERM to a plain `sleep`), are ignored by the kernel:
+//!   `sh -c 'kill -9 $$'` exits 0. A stop therefore needs SIGKILL after a
+//!   grace period, as Docker does.
+//! - With `create`/`start` or `run --detach` the runtime exits at once and
+//!   the container's init is reparented; the exit status belongs to
+//!   whoever reaps it, so the caller must be its child subreaper
+//!   (`PR_SET_CHILD_SUBREAPER`) and map `WaitStatus` to 128+N itself.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::str::FromStr;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+/// Name of the runtime's log inside a bundle, written by `create` (and by
+/// the caller's `run_detached_command`).
+pub const LOG_FILE: &str = "runtime.log";
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("OCI runtime {name} not found: {hint}")]
+    NotFound { name: String, hint: String },
+    #[error("cannot run {binary}: {source}")]
+    Spawn { binary: PathBuf, source: io::Error },
+    #[error("{runtime} {command} {id} failed ({status}): {message}")]
+    Failed {
+        runtime: String,
+        command: &'static str,
+        id: String,
+        status: ExitStatus,
+        message: String,
+    },
+    #[error("cannot parse the output of {runtime} {command}: {source}")]
+    Parse {
+        runtime: String,
+        command: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("unknown signal {0:?}")]
+    InvalidSignal(String),
+}
+
+/// Status as the runtime reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+    #[serde(other)]
+    Unknown,
+}
+
+/// One container as `state` and `list` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    /// Host pid of the container's init; 0 once stopped.
+    #[serde(default)]
+    pub pid: i32,
+    pub status: ContainerStatus,
+    #[serde(default)]
+    pub bundle: PathBuf,
+}
+
+/// Where a created container's stdio goes (it inherits the runtime's).
+#[derive(Debug)]
+pub struct ContainerIo {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
+impl Default for ContainerIo {
+    fn default() -> Self {
+        Self {
+            stdin: Stdio::null(),
+            stdout: Stdio::null(),
+            stderr: Stdio::null(),
+        }
+    }
+}
+
+/// One OCI runtime binary with its own state directory (`--root`), so
+/// that two Skiff roots never see each other's containers.
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    name: String,
+    binary: PathBuf,
+    state_root: PathBuf,
+}
+
+impl OciRuntime {
+    /// `runtime` is a name looked up in `PATH` ("crun", "runc", "youki",
+    /// "runsc") or a path; `state_root` is its `--root`, e.g.
+    /// `$SKIFF_ROOT/crun`.
+    pub fn new(
+        runtime: impl AsRef<OsStr>,
+        state_root: impl Into<PathBuf>,
+    ) -> Result<Self, OciError> {
+        let runtime = Path::new(runtime.as_ref());
+        let name = runtime
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| runtime.display().to_string());
+        let not_found = || OciError::NotFound {
+            name: name.clone(),
+            hint: match name.as_str() {
+                "crun" | "runc" => format!("apt-get install {name}"),
+                _ => format!("install {name} or pass its path"),
+            },
+        };
+        let binary = if runtime.components().count() > 1 {
+            is_executable(runtime).then(|| runtime.to_path_buf())
+        } else {
+            let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(runtime))
+                .find(|p| is_executable(p))
+        }
+        .ok_or_else(not_found)?;
+        Ok(Self {
+            name,
+            binary,
+            state_root: state_root.into(),
+        })
+    }
+
+    /// The runtime's name, e.g. "crun".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    pub fn state_root(&self) -> &Path {
+        &self.state_root
+    }
+
+    /// The binary with the global options; every command starts here.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.state_root);
+        cmd
+    }
+
+    /// `run --bundle BUNDLE ID` in the foreground. The caller wires stdio
+    /// and waits; see the module docs for what the exit status means.
+    pub fn run_command(&self, id: &str, bundle: &Path) -> Command {
+        let mut cmd = self.command();
+        cmd.arg("run").arg("--bundle").arg(bundle).arg(id);
+        cmd
+    }
+
+    /// `run --detach`: the runtime returns once the container runs, having
+    /// written init's pid to `pid_file` and any error to `log`. The
+    /// container inherits this command's stdio.
+    pub fn run_detached_command(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        log: &Path,
+    ) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.state_root).arg(log_arg(log));
+        cmd.arg("run")
+            .arg("--detach")
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(id);
+        cmd
+    }
+
+    /// The last error the runtime wrote to `log`, as one line.
+    pub fn last_error(&self, log: &Path) -> String {
+        match std::fs::read_to_string(log) {
+            Ok(text) => text
+                .lines()
+                .rev()
+                .map(runtime_log_message)
+                .find(|l| !l.is_empty())
+                .unwrap_or_else(|| format!("no message in {}", log.display())),
+            Err(e) => format!("no message ({}: {e})", log.display()),
+        }
+    }
+
+    /// `create`: sets the container up, its init waiting for [`Self::start`].
+    /// Errors are read back from `<bundle>/runtime.log`, since stderr
+    /// belongs to the container.
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        io: ContainerIo,
+    ) -> Result<(), OciError> {
+        let log = bundle.join(LOG_FILE);
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.state_root).arg(log_arg(&log));
+        cmd.arg("create")
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(id)
+            .stdin(io.stdin)
+            .stdout(io.stdout)
+            .stderr(io.stderr);
+        let status = cmd.status().map_err(|source| self.spawn_error(source))?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(OciError::Failed {
+            runtime: self.name.clone(),
+            command: "create",
+            id: id.into(),
+            status,
+            message: self.last_error(&log),
+        })
+    }
+
+    /// `start`: runs the user's process of a created container.
+    pub fn start(&self, id: &str) -> Result<(), OciError> {
+        self.captured("start", id, &[id]).map(drop)
+    }
+
+    /// `kill [--all] ID SIGNAL` with a signal number (`libc::SIGTERM`,
+    /// `Signal::SIGTERM as i32`, [`parse_signal`]); `all` signals every
+    /// process of the container. Fails at once for a stopped container.
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), OciError> {
+        let sig = signal.to_string();
+        let args: Vec<&str> = if all {
+            vec!["--all", id, &sig]
+        } else {
+            vec![id, &sig]
+        };
+        self.captured("kill", id, &args).map(drop)
+    }
+
+    /// `delete [--force] ID`; a container the runtime does not know is
+    /// already deleted.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), OciError> {
+        if !self.knows(id) {
+            return Ok(());
+        }
+        let args: Vec<&str> = if force { vec!["--force", id] } else { vec![id] };
+        match self.captured("delete", id, &args) {
+            Err(e) if is_unknown(&e) || !self.knows(id) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// `state ID`; `None` when the runtime does not know the container.
+    pub fn state(&self, id: &str) -> Result<Option<ContainerState>, OciError> {
+        if !self.knows(id) {
+            return Ok(None);
+        }
+        let out = match self.captured("state", id, &[id]) {
+            Ok(out) => out,
+            // Deleted between the check and the command.
+            Err(e) if is_unknown(&e) || !self.knows(id) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        serde_json::from_slice(&out)
+            .map(Some)
+            .map_err(|source| self.parse_error("state", source))
+    }
+
+    /// `list --format json`: every container under this state root.
+    pub fn list(&self) -> Result<Vec<ContainerState>, OciError> {
+        if !self.state_root.exists() {
+            return Ok(Vec::new());
+        }
+        let out = self.captured("list", "", &["--format", "json"])?;
+        // runc prints `null` when empty, crun `[]`.
+        let list: Option<Vec<ContainerState>> =
+            serde_json::from_slice(&out).map_err(|source| self.parse_error("list", source))?;
+        Ok(list.unwrap_or_default())
+    }
+
+    /// crun, runc and youki keep one directory per container under
+    /// `--root`; checking it spares an exec for unknown containers. Other
+    /// runtimes (runsc) are always asked.
+    fn knows(&self, id: &str) -> bool {
+        if !matches!(self.name.as_str(), "crun" | "runc" | "youki") {
+            return true;
+        }
+        !id.is_empty() && !id.contains('/') && self.state_root.join(id).exists()
+    }
+
+    /// Runs `COMMAND ARGS` with stdin closed and the output captured; the
+    /// runtime's stdout on success, its stderr in the error otherwise.
+    fn captured(
+        &self,
+        command: &'static str,
+        id: &str,
+        args: &[&str],
+    ) -> Result<Vec<u8>, OciError> {
+        let out = self
+            .command()
+            .arg(command)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| self.spawn_error(source))?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message = stderr
+            .lines()
+            .map(runtime_log_message)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(OciError::Failed {
+            runtime: self.name.clone(),
+            command,
+            id: id.into(),
+            status: out.status,
+            message,
+        })
+    }
+
+    fn spawn_error(&self, source: io::Error) -> OciError {
+        OciError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        }
+    }
+
+    fn parse_error(&self, command: &'static str, source: serde_json::Error) -> OciError {
+        OciError::Parse {
+            runtime: self.name.clone(),
+            command,
+            source,
+        }
+    }
+}
+
+/// Whether a failure says the container does not exist (the wording of
+/// crun, runc, youki and runsc).
+fn is_unknown(e: &OciError) -> bool {
+    match e {
+        OciError::Failed { message, .. } => {
+            let m = message.to_ascii_lowercase();
+            m.contains("does not exist") || m.contains("not found") || m.contains("no such file")
+        }
+        _ => false,
+    }
+}
+
+/// `--log=PATH`, which crun and runc both accept.
+fn log_arg(log: &Path) -> std::ffi::OsString {
+    let mut arg = std::ffi::OsString::from("--log=");
+    arg.push(log);
+    arg
+}
+
+/// The message of one log line: crun writes plain text, runc logfmt
+/// (`time=… level=error msg="…"`).
+fn runtime_log_message(line: &str) -> String {
+    let line = line.trim();
+    if let Some(start) = line.find("msg=\"") {
+        let rest = &line[start + 5..];
+        let mut msg = String::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => msg.extend(chars.next()),
+                '"' => break,
+                c => msg.push(c),
+            }
+        }
+        return msg;
+    }
+    line.to_string()
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Parses a signal as images and users write it: `SIGTERM`, `TERM`,
+/// `term` or `15` (an image's `StopSignal`, `skiff stop --signal`).
+pub fn parse_signal(s: &str) -> Result<Signal, OciError> {
+    let invalid = || OciError::InvalidSignal(s.to_string());
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| invalid());
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn command_lines() {
+        let rt = OciRuntime::new("/bin/true", "/var/lib/skiff/crun").unwrap();
+        assert_eq!(rt.name(), "true");
+        assert_eq!(
+            args(&rt.run_command("c1", Path::new("/b"))),
+            [
+                "--root",
+                "/var/lib/skiff/crun",
+                "run",
+                "--bundle",
+                "/b",
+                "c1"
+            ]
+        );
+        assert_eq!(
+            args(&rt.run_detached_command(
+                "c1",
+                Path::new("/b"),
+                Path::new("/b/pid"),
+                Path::new("/b/log")
+            )),
+            [
+                "--root",
+                "/var/lib/skiff/crun",
+                "--log=/b/log",
+                "run",
+                "--detach",
+                "--pid-file",
+                "/b/pid",
+                "--bundle",
+                "/b",
+                "c1"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_runtime_says_how_to_install() {
+        let e = OciRuntime::new("crun-does-not-exist", "/x").unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("OCI runtime crun-does-not-exist not found"));
+        let e = OciRuntime::new("/nope/crun", "/x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "OCI runtime crun not found: apt-get install crun"
+        );
+    }
+
+    #[test]
+    fn unknown_containers_are_not_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        // A "crun" that fails whatever it is asked: unknown ids must not reach it.
+        let fake = dir.path().join("crun");
+        std::os::unix::fs::symlink("/bin/false", &fake).unwrap();
+        let rt = OciRuntime::new(&fake, dir.path().join("state")).unwrap();
+        assert_eq!(rt.name(), "crun");
+        assert!(rt.list().unwrap().is_empty());
+        assert_eq!(rt.state("nope").unwrap(), None);
+        rt.delete("nope", true).unwrap();
+    }
+
+    #[test]
+    fn log_lines() {
+        assert_eq!(
+            runtime_log_message(
+                r#"time="2026-01-01T00:00:00Z" level=error msg="exec: \"x\": not found""#
+            ),
+            r#"exec: "x": not found"#
+        );
+        assert_eq!(
+            runtime_log_message("  plain crun error  "),
+            "plain crun error"
+        );
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("SIGTERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn state_json() {
+        let s: ContainerState = serde_json::from_str(
+            r#"{"ociVersion":"1.0.0","id":"a","pid":42,"status":"running","bundle":"/b","rootfs":"/b/rootfs","created":"x","owner":""}"#,
+        )
+        .unwrap();
+        assert_eq!((s.pid, s.status), (42, ContainerStatus::Running));
+        let s: ContainerState = serde_json::from_str(r#"{"id":"a","status":"weird"}"#).unwrap();
+        assert_eq!(s.status, ContainerStatus::Unknown);
+    }
+}

@@ -1,0 +1,241 @@
+//! Command-line surface. Names and flags follow ../shared/DESIGN.md's CLI
+//! contract, which follows Docker's where a Docker habit exists.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use skiff_core::PortMapping;
+
+use crate::context::Context;
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Serverless containers on machines you own",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Data directory: images, containers, state (default /var/lib/skiff).
+    #[arg(
+        long,
+        global = true,
+        env = "SKIFF_ROOT",
+        default_value = "/var/lib/skiff"
+    )]
+    pub root: PathBuf,
+    /// Verbose logs on stderr (or set SKIFF_LOG=debug).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a command in a new container.
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        /// Show all containers (default shows just running).
+        #[arg(short, long)]
+        all: bool,
+        /// Only print container ids.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a container's output.
+    Logs {
+        /// Keep printing new output until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        container: String,
+    },
+    /// Stop running containers: the stop signal, a grace period, then SIGKILL.
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Stop a running container first (SIGKILL).
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Pull an image from a registry.
+    Pull {
+        image: String,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Push an image to a registry.
+    Push {
+        image: String,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List images.
+    Images {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images (untag; unreferenced content is collected).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from a `docker save` or OCI image-layout archive.
+    Load {
+        /// The archive (tar, optionally gzip-compressed).
+        #[arg(short, long)]
+        input: PathBuf,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Save images to an archive.
+    Save {
+        #[arg(short, long)]
+        output: PathBuf,
+        /// docker (as `docker save`) or oci (an OCI image layout).
+        #[arg(long, default_value = "docker", value_parser = ["docker", "oci"])]
+        format: String,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Store credentials for a registry.
+    Login {
+        registry: String,
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forget a registry's credentials.
+    Logout { registry: String },
+    /// (internal) The process that watches a detached container.
+    #[command(name = "__monitor", hide = true)]
+    Monitor {
+        id: String,
+        #[arg(long)]
+        notify_fd: i32,
+        #[arg(long)]
+        listen_fd: Vec<i32>,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the container id.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep standard input open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable (K=V, or K to copy it from here).
+    #[arg(short, long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file, one K=V a line.
+    #[arg(long)]
+    pub env_file: Vec<PathBuf>,
+    /// Publish a container port on the host: [IP:]HOST:CONTAINER (IP defaults to 127.0.0.1).
+    #[arg(short, long = "publish", value_name = "HOST:CTR", value_parser = parse_port)]
+    pub publish: Vec<PortMapping>,
+    /// Bind-mount a host directory: HOST:CONTAINER[:ro].
+    #[arg(short, long = "volume", value_name = "HOST:CTR[:ro]")]
+    pub volume: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// User to run as: name, uid, name:group or uid:gid.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Override the image's entrypoint ("" clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Memory limit, e.g. 256m (the container is killed beyond it).
+    #[arg(short, long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// CPU limit, e.g. 0.5.
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<u64>,
+    /// Maximum number of processes (default 4096; -1 for none).
+    #[arg(long, allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// bridge (default: own address on skiff0), none (loopback only) or host.
+    #[arg(long, default_value = "bridge", value_parser = ["bridge", "none", "host"])]
+    pub network: String,
+    /// The OCI runtime: crun (default), runc, youki, runsc, or a path.
+    #[arg(long, env = "SKIFF_RUNTIME", default_value = "crun")]
+    pub runtime: String,
+    pub image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+fn parse_port(s: &str) -> Result<PortMapping, String> {
+    skiff_core::parse_port_mapping(s).map_err(|e| e.to_string())
+}
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    skiff_core::parse_bytes(s).map_err(|e| e.to_string())
+}
+fn parse_cpus(s: &str) -> Result<u64, String> {
+    skiff_core::parse_cpus(s).map_err(|e| e.to_string())
+}
+
+/// Runs the command; the `u8` is the process exit code.
+pub fn dispatch(cli: Cli) -> Result<u8> {
+    let ctx = Context::new(cli.root);
+    match cli.command {
+        Command::Run(args) => crate::container::run(&ctx, args),
+        Command::Ps { all, quiet, json } => crate::container::ps(&ctx, all, quiet, json).map(|_| 0),
+        Command::Logs { follow, container } => {
+            crate::logs::print(&ctx, &container, follow).map(|_| 0)
+        }
+        Command::Stop { time, containers } => {
+            crate::container::stop(&ctx, &containers, time).map(|_| 0)
+        }
+        Command::Rm { force, containers } => {
+            crate::container::rm(&ctx, &containers, force).map(|_| 0)
+        }
+        Command::Pull { image, quiet } => crate::images::pull(&ctx, &image, quiet).map(|_| 0),
+        Command::Push { image, quiet } => crate::images::push(&ctx, &image, quiet).map(|_| 0),
+        Command::Images { quiet, json } => crate::images::list(&ctx, quiet, json).map(|_| 0),
+        Command::Rmi { images } => crate::images::rmi(&ctx, &images).map(|_| 0),
+        Command::Load { input, quiet } => crate::images::load(&ctx, &input, quiet).map(|_| 0),
+        Command::Save {
+            output,
+            format,
+            images,
+        } => crate::images::save(&ctx, &output, &format, &images).map(|_| 0),
+        Command::Tag { source, target } => crate::images::tag(&ctx, &source, &target).map(|_| 0),
+        Command::Login {
+            registry,
+            username,
+            password_stdin,
+        } => crate::images::login(&ctx, &registry, username, password_stdin).map(|_| 0),
+        Command::Logout { registry } => crate::images::logout(&ctx, &registry).map(|_| 0),
+        Command::Monitor {
+            id,
+            notify_fd,
+            listen_fd,
+        } => crate::monitor::detached_main(&ctx, &id, notify_fd, &listen_fd),
+    }
+}

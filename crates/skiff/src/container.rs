@@ -1,0 +1,507 @@
+//! Containers: `run`, `ps`, `stop`, `rm`, and the two halves of a
+//! container's life that are not the monitor's: preparing its bundle
+//! (rootfs, network, config.json) and releasing everything afterwards.
+//!
+//! Every step of `prepare` is undone by `release`, which is idempotent and
+//! tolerant of steps that never happened, so a failure anywhere (or a
+//! `rm -f` after a crashed monitor) leaves no mount, netns, veth, lease or
+//! cgroup behind.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use skiff_core::validate_container_name;
+use skiff_image::store::Image;
+use skiff_runtime::network::Network;
+use skiff_runtime::oci::OciRuntime;
+use skiff_runtime::spec::{BindMount, EtcFiles, NetworkConfig, RunConfig};
+use skiff_state::{ContainerRecord, Status};
+
+use crate::cli::RunArgs;
+use crate::context::{require_root, Context};
+use crate::logs::now_ms;
+
+/// What `prepare` made, for the monitor.
+pub struct Prepared {
+    pub ip: Option<Ipv4Addr>,
+}
+
+pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
+    require_root("skiff run")?;
+    if args.detach && args.interactive {
+        bail!("-d and -i together are not supported: a detached container has no standard input");
+    }
+    if !args.publish.is_empty() && args.network != "bridge" {
+        bail!(
+            "-p needs the bridge network (--network {} has no address to publish)",
+            args.network
+        );
+    }
+    let image = crate::images::resolve_or_pull(ctx, &args.image)?;
+    let id = new_id()?;
+    let name = match &args.name {
+        Some(n) => {
+            validate_container_name(n)?;
+            n.clone()
+        }
+        None => generated_name(&id),
+    };
+    let env = collect_env(&args.env_file, &args.env)?;
+    let mounts = parse_volumes(&args.volume)?;
+    let listeners = crate::proxy::bind(&args.publish)?;
+    let runtime = OciRuntime::new(&args.runtime, ctx.runtime_state_dir(&args.runtime))?;
+
+    let record = ContainerRecord {
+        id: id.clone(),
+        name,
+        image: args.image.clone(),
+        image_id: image.id.to_string(),
+        command: args.command.clone(),
+        created_ms: now_ms(),
+        status: Status::Created,
+        pid: None,
+        monitor_pid: None,
+        exit_code: None,
+        finished_ms: None,
+        ip: None,
+        ports: args.publish.clone(),
+        auto_remove: args.rm,
+        runtime: args.runtime.clone(),
+    };
+    let state = ctx.state()?;
+    state.insert_container(&record)?;
+    let prepared = match prepare(ctx, &record, &image, &args, env, mounts) {
+        Ok(p) => p,
+        Err(e) => {
+            release(ctx, &record.id, &runtime, true);
+            return Err(e);
+        }
+    };
+    if let Some(ip) = prepared.ip {
+        state.set_ip(&record.id, &ip.to_string())?;
+    }
+    if args.detach {
+        crate::monitor::spawn_detached(ctx, &record, listeners)?;
+        println!("{id}");
+        Ok(0)
+    } else {
+        let opts = crate::monitor::Options {
+            foreground: true,
+            interactive: args.interactive,
+        };
+        crate::monitor::run(ctx, &record, &runtime, prepared.ip, listeners, opts, None)
+    }
+}
+
+/// Lays out `containers/<id>/`: overlay rootfs over the image's layers,
+/// network namespace, /etc files, config.json.
+fn prepare(
+    ctx: &Context,
+    record: &ContainerRecord,
+    image: &Image,
+    args: &RunArgs,
+    env: Vec<String>,
+    mounts: Vec<BindMount>,
+) -> Result<Prepared> {
+    let dir = ctx.container_dir(&record.id);
+    let rootfs = dir.join("rootfs");
+    for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let layers = ctx.store()?.layer_dirs(image)?;
+    skiff_runtime::rootfs::mount_overlay(&layers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+
+    let hostname = record.id[..12].to_string();
+    let (network, ip) = match args.network.as_str() {
+        "host" => (NetworkConfig::Host, None),
+        "none" => (NetworkConfig::None, None),
+        _ => {
+            let att = Network::new().setup(&record.id, &ctx.netns_dir())?;
+            (NetworkConfig::Path(att.netns_path.clone()), Some(att.ip))
+        }
+    };
+    let etc = EtcFiles {
+        hosts: dir.join("hosts"),
+        hostname: dir.join("hostname"),
+        resolv_conf: dir.join("resolv.conf"),
+    };
+    std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
+    std::fs::write(&etc.hostname, format!("{hostname}\n"))?;
+    std::fs::write(&etc.resolv_conf, skiff_runtime::network::resolv_conf())?;
+
+    let cfg = RunConfig {
+        image: image.config.config().clone().unwrap_or_default(),
+        entrypoint: args.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                Vec::new()
+            } else {
+                vec![e.clone()]
+            }
+        }),
+        cmd: (!args.command.is_empty()).then(|| args.command.clone()),
+        env,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        hostname,
+        memory: args.memory,
+        cpus_milli: args.cpus,
+        pids_limit: args.pids_limit,
+        mounts,
+        network,
+        terminal: false,
+        cgroup_path: cgroup_path(&record.id),
+        etc_files: Some(etc),
+    };
+    let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
+    let config = serde_json::to_vec_pretty(&spec)?;
+    std::fs::write(dir.join("config.json"), config)?;
+    Ok(Prepared { ip })
+}
+
+pub fn cgroup_path(id: &str) -> String {
+    format!("/skiff/{id}")
+}
+
+/// Releases what a container holds; with `remove`, also its directory and
+/// record. Idempotent; failures are logged, not returned, because every
+/// step must be tried even when an earlier one fails.
+pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
+    if let Err(e) = runtime.delete(id, true) {
+        tracing::debug!(id, "runtime delete: {e}");
+    }
+    let dir = ctx.container_dir(id);
+    if let Err(e) = skiff_runtime::rootfs::unmount(&dir.join("rootfs")) {
+        tracing::warn!(id, "unmount rootfs: {e}");
+    }
+    if let Err(e) = Network::new().teardown_by_id(id, &ctx.netns_dir()) {
+        tracing::warn!(id, "network teardown: {e}");
+    }
+    skiff_runtime::cgroups::remove_cgroup(&cgroup_path(id));
+    if remove {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(id, "remove {}: {e}", dir.display());
+            }
+        }
+        if let Ok(state) = ctx.state() {
+            if let Err(e) = state.remove_container(id) {
+                tracing::warn!(id, "remove record: {e}");
+            }
+        }
+    }
+}
+
+pub fn ps(ctx: &Context, all: bool, quiet: bool, json: bool) -> Result<()> {
+    let state = ctx.state()?;
+    let rows: Vec<ContainerRecord> = state
+        .list_containers()?
+        .into_iter()
+        .map(|c| reconcile(ctx, c))
+        .filter(|c| all || c.status == Status::Running)
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if quiet {
+        for c in &rows {
+            println!("{}", &c.id[..12]);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<14}{:<34}{:<24}{:<16}{:<30}{:<26}NAMES",
+        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
+    );
+    let now = now_ms();
+    for c in &rows {
+        let status = match c.status {
+            Status::Created => "Created".to_string(),
+            Status::Running => "Up".to_string(),
+            Status::Exited => format!(
+                "Exited ({}) {} ago",
+                c.exit_code.unwrap_or(-1),
+                ago(now - c.finished_ms.unwrap_or(now))
+            ),
+        };
+        let ports = c
+            .ports
+            .iter()
+            .map(|p| format!("{}:{}->{}/tcp", p.host_ip, p.host_port, p.container_port))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cmd = if c.command.is_empty() {
+            "(image default)".to_string()
+        } else {
+            c.command.join(" ")
+        };
+        println!(
+            "{:<14}{:<34}{:<24}{:<16}{:<30}{:<26}{}",
+            &c.id[..12],
+            truncate(&c.image, 32),
+            truncate(&format!("\"{cmd}\""), 22),
+            format!("{} ago", ago(now - c.created_ms)),
+            status,
+            ports,
+            c.name
+        );
+    }
+    Ok(())
+}
+
+/// A record that says running whose monitor is gone (killed, machine
+/// rebooted) is shown, and stored, as exited.
+fn reconcile(ctx: &Context, mut c: ContainerRecord) -> ContainerRecord {
+    if c.status == Status::Running && !c.monitor_pid.is_some_and(process_alive) {
+        tracing::warn!(id = %c.id, "the container's monitor is gone; marking it exited");
+        if let Ok(rt) = OciRuntime::new(&c.runtime, ctx.runtime_state_dir(&c.runtime)) {
+            let _ = rt.kill(&c.id, libc::SIGKILL, true);
+            release(ctx, &c.id, &rt, false);
+        }
+        let now = now_ms();
+        if let Ok(state) = ctx.state() {
+            let _ = state.set_exited(&c.id, 137, now);
+        }
+        c.status = Status::Exited;
+        c.exit_code = Some(137);
+        c.finished_ms = Some(now);
+    }
+    c
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    // Signal 0 checks existence; EPERM still means it exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn find(ctx: &Context, name: &str) -> Result<ContainerRecord> {
+    ctx.state()?
+        .find_container(name)?
+        .with_context(|| format!("no such container: {name}"))
+}
+
+/// Waits until the monitor has recorded the container's exit.
+fn wait_exited(ctx: &Context, id: &str, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match ctx.state()?.find_container(id)? {
+            None => return Ok(true),
+            Some(c) if c.status != Status::Running => return Ok(true),
+            Some(c) if !c.monitor_pid.is_some_and(process_alive) => return Ok(false),
+            Some(_) => {}
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stop(ctx: &Context, names: &[String], grace_secs: u64) -> Result<()> {
+    for name in names {
+        let c = find(ctx, name)?;
+        if c.status == Status::Running {
+            stop_one(ctx, &c, Duration::from_secs(grace_secs))?;
+        }
+        println!("{name}");
+    }
+    Ok(())
+}
+
+fn stop_one(ctx: &Context, c: &ContainerRecord, grace: Duration) -> Result<()> {
+    let rt = OciRuntime::new(&c.runtime, ctx.runtime_state_dir(&c.runtime))?;
+    // The container may already be on its way out: a failed TERM is fine.
+    let _ = rt.kill(&c.id, libc::SIGTERM, false);
+    if wait_exited(ctx, &c.id, grace)? {
+        return Ok(());
+    }
+    let _ = rt.kill(&c.id, libc::SIGKILL, true);
+    if !wait_exited(ctx, &c.id, Duration::from_secs(10))? {
+        // No monitor to record the exit: do its work.
+        release(ctx, &c.id, &rt, false);
+        ctx.state()?.set_exited(&c.id, 137, now_ms())?;
+    }
+    Ok(())
+}
+
+pub fn rm(ctx: &Context, names: &[String], force: bool) -> Result<()> {
+    for name in names {
+        let c = reconcile(ctx, find(ctx, name)?);
+        if c.status == Status::Running {
+            if !force {
+                bail!("container {name} is running: stop it first, or use rm -f");
+            }
+            stop_one(ctx, &c, Duration::ZERO)?;
+        }
+        let rt = OciRuntime::new(&c.runtime, ctx.runtime_state_dir(&c.runtime))?;
+        release(ctx, &c.id, &rt, true);
+        println!("{name}");
+    }
+    Ok(())
+}
+
+fn ago(ms: i64) -> String {
+    let s = (ms / 1000).max(0);
+    match s {
+        0..=59 => format!("{s} seconds"),
+        60..=3599 => format!("{} minutes", s / 60),
+        3600..=86399 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+pub fn new_id() -> Result<String> {
+    let mut buf = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("cannot read /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `adjective_noun`, picked by the id, as Docker names unnamed containers.
+fn generated_name(id: &str) -> String {
+    const ADJ: [&str; 16] = [
+        "brave", "calm", "eager", "fond", "gentle", "happy", "keen", "lucid", "merry", "nimble",
+        "quiet", "swift", "tender", "vivid", "wise", "zen",
+    ];
+    const NOUN: [&str; 16] = [
+        "albatross",
+        "bream",
+        "cormorant",
+        "dory",
+        "eider",
+        "fulmar",
+        "gannet",
+        "heron",
+        "ibis",
+        "kittiwake",
+        "loon",
+        "murre",
+        "osprey",
+        "petrel",
+        "skua",
+        "tern",
+    ];
+    let b = u32::from_str_radix(&id[..6], 16).unwrap_or(0) as usize;
+    format!("{}_{}_{}", ADJ[b % 16], NOUN[(b >> 4) % 16], &id[6..10])
+}
+
+/// `--env-file` lines, then `-e` flags; later wins (the runtime dedups by key).
+/// `K` alone copies K from this environment, if set, as Docker does.
+fn collect_env(files: &[PathBuf], flags: &[String]) -> Result<Vec<String>> {
+    let mut env = Vec::new();
+    let host: HashMap<String, String> = std::env::vars().collect();
+    let mut push = |entry: &str, origin: &dyn Fn() -> String| -> Result<()> {
+        let key = entry.split('=').next().unwrap_or_default();
+        if key.is_empty() || key.contains(char::is_whitespace) || key.contains('\0') {
+            bail!(
+                "{}: invalid environment variable {entry:?}: expected K=V",
+                origin()
+            );
+        }
+        if entry.contains('=') {
+            env.push(entry.to_string());
+        } else if let Some(v) = host.get(key) {
+            env.push(format!("{key}={v}"));
+        }
+        Ok(())
+    };
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read env file {}", f.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            push(line, &|| format!("{}:{}", f.display(), i + 1))?;
+        }
+    }
+    for e in flags {
+        push(e, &|| "-e".to_string())?;
+    }
+    Ok(env)
+}
+
+/// `-v HOST:CTR[:ro|rw]`; the host path must exist (no silent creation of
+/// directories outside the data directory).
+fn parse_volumes(specs: &[String]) -> Result<Vec<BindMount>> {
+    specs
+        .iter()
+        .map(|s| {
+            let parts: Vec<&str> = s.split(':').collect();
+            let (host, ctr, readonly) = match parts.as_slice() {
+                [h, c] => (*h, *c, false),
+                [h, c, "ro"] => (*h, *c, true),
+                [h, c, "rw"] => (*h, *c, false),
+                _ => bail!("-v {s:?}: expected HOST:CONTAINER[:ro|rw]"),
+            };
+            if !host.starts_with('/') || !ctr.starts_with('/') {
+                bail!("-v {s:?}: both paths must be absolute");
+            }
+            if ctr == "/" || ctr.split('/').any(|c| c == "..") {
+                bail!("-v {s:?}: the container path must be a directory below / without '..'");
+            }
+            let source = Path::new(host)
+                .canonicalize()
+                .with_context(|| format!("-v {s:?}: host path {host} does not exist"))?;
+            Ok(BindMount {
+                source,
+                destination: ctr.to_string(),
+                readonly,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_and_volumes() {
+        std::env::set_var("SKIFF_TEST_COPY", "copied");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("env");
+        std::fs::write(&f, "# comment\nA=1\n\nB=2\n").unwrap();
+        let env = collect_env(
+            &[f.clone()],
+            &["B=3".into(), "SKIFF_TEST_COPY".into(), "UNSET_X".into()],
+        )
+        .unwrap();
+        assert_eq!(env, ["A=1", "B=2", "B=3", "SKIFF_TEST_COPY=copied"]);
+        std::fs::write(&f, "A=1\n=bad\n").unwrap();
+        let e = collect_env(&[f.clone()], &[]).unwrap_err().to_string();
+        assert!(e.contains(":2:"), "{e}");
+
+        let v = parse_volumes(&[format!("{}:/data:ro", dir.path().display())]).unwrap();
+        assert!(v[0].readonly);
+        assert!(parse_volumes(&["relative:/x".into()]).is_err());
+        assert!(parse_volumes(&["/nonexistent-skiff:/x".into()]).is_err());
+        assert!(parse_volumes(&["/tmp:/".into()]).is_err());
+        assert!(parse_volumes(&["/tmp:/x:rx".into()]).is_err());
+    }
+
+    #[test]
+    fn ids_and_names() {
+        let id = new_id().unwrap();
+        assert_eq!(id.len(), 64);
+        let n = generated_name(&id);
+        assert!(validate_container_name(&n).is_ok(), "{n}");
+    }
+}

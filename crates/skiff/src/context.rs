@@ -1,0 +1,88 @@
+//! Where things live under `$SKIFF_ROOT`, and lazily opened handles to them.
+//!
+//! ```text
+//! $SKIFF_ROOT/
+//!   images/            content store (an OCI image layout + unpacked layers)
+//!   containers/<id>/   bundle: config.json, rootfs (overlay mount), upper, work,
+//!                      hosts, hostname, resolv.conf, container.log, crun.log
+//!   netns/<id>         the container's network namespace (a bind mount)
+//!   runtime/<name>/    the OCI runtime's own state (--root)
+//!   state.db           SQLite: containers
+//!   auth.json          registry credentials (Docker's config.json format)
+//! ```
+
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use skiff_image::store::Store;
+use skiff_state::State;
+
+pub struct Context {
+    pub root: PathBuf,
+    store: OnceCell<Store>,
+    state: OnceCell<State>,
+}
+
+impl Context {
+    pub fn new(root: PathBuf) -> Context {
+        Context {
+            root,
+            store: OnceCell::new(),
+            state: OnceCell::new(),
+        }
+    }
+
+    fn ensure_root(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.root).with_context(|| {
+            format!(
+                "cannot create the data directory {} (set SKIFF_ROOT or run as root)",
+                self.root.display()
+            )
+        })
+    }
+
+    pub fn store(&self) -> Result<&Store> {
+        if let Some(s) = self.store.get() {
+            return Ok(s);
+        }
+        self.ensure_root()?;
+        let s = Store::open(self.root.join("images"))?;
+        Ok(self.store.get_or_init(|| s))
+    }
+
+    pub fn state(&self) -> Result<&State> {
+        if let Some(s) = self.state.get() {
+            return Ok(s);
+        }
+        self.ensure_root()?;
+        let s = State::open(&self.root.join("state.db"))?;
+        Ok(self.state.get_or_init(|| s))
+    }
+
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+
+    pub fn netns_dir(&self) -> PathBuf {
+        self.root.join("netns")
+    }
+
+    pub fn runtime_state_dir(&self, runtime: &str) -> PathBuf {
+        // A path-selected runtime gets a directory named after its file.
+        let name = Path::new(runtime)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("runtime");
+        self.root.join("runtime").join(name)
+    }
+}
+
+/// Root is required for namespaces, overlay mounts and cgroups: say so once, clearly.
+pub fn require_root(what: &str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        anyhow::bail!("{what} needs root (namespaces, overlayfs, cgroups): run it with sudo")
+    }
+}

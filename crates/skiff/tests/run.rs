@@ -1,0 +1,308 @@
+//! `skiff run` and friends against real crun, real layers, real networks.
+
+mod common;
+
+use common::{free_port, http_get, images, Skiff};
+
+#[test]
+fn run_echo_and_exit_codes() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    assert_eq!(s.ok(&["run", "--rm", img, "echo", "hi"]), "hi\n");
+
+    let out = s.run(&["run", "--rm", img, "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+
+    // Env, workdir, user, hostname.
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hello",
+        "-w",
+        "/tmp",
+        "-u",
+        "app",
+        img,
+        "sh",
+        "-c",
+        "echo $GREETING $(pwd) $(id -u):$(id -g) $HOME",
+    ]);
+    assert_eq!(out, "hello /tmp 1000:1000 /home/app\n");
+
+    // The image's own default command (sh) with a command override through --entrypoint.
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "echo",
+        img,
+        "via",
+        "entrypoint",
+    ]);
+    assert_eq!(out, "via entrypoint\n");
+
+    // Non-rm containers are listed and keep their logs until removed.
+    let out = s.run(&[
+        "run",
+        "--name",
+        "kept",
+        img,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(
+        (&out.stdout[..], &out.stderr[..]),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
+    let ps = s.ok(&["ps", "-a"]);
+    assert!(ps.contains("kept") && ps.contains("Exited (7)"), "{ps}");
+    assert_eq!(s.ok(&["logs", "kept"]), "out\n");
+    s.ok(&["rm", "kept"]);
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
+fn oci_and_docker_archives_plain_and_gzip() {
+    let s = Skiff::new();
+    let imgs = images();
+    for f in [&imgs.busybox_oci, &imgs.demo_docker_gzip] {
+        s.ok(&["load", "-i", f.to_str().unwrap()]);
+    }
+    let list = s.ok(&["images"]);
+    assert!(
+        list.contains("localhost/busybox-oci") && list.contains("localhost/demo-docker"),
+        "{list}"
+    );
+    assert_eq!(
+        s.ok(&[
+            "run",
+            "--rm",
+            "localhost/busybox-oci",
+            "cat",
+            "/etc/hostname"
+        ])
+        .len(),
+        13
+    );
+    assert!(s
+        .ok(&[
+            "run",
+            "--rm",
+            "localhost/demo-docker",
+            "cat",
+            "/www/index.html"
+        ])
+        .contains("Hello from Skiff"));
+}
+
+#[test]
+fn detached_with_published_port_serves_http_and_leaves_nothing() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let id = s.ok(&[
+        "run", "-d", "--name", "web", "-p", &publish, "-m", "64m", "--cpus", "0.5", img,
+    ]);
+    assert_eq!(id.trim().len(), 64);
+    let resp = http_get(port, "/", 50).expect("the demo answers on the published port");
+    assert!(
+        resp.contains("200 OK") && resp.contains("Hello from Skiff"),
+        "{resp}"
+    );
+
+    let ps = s.ok(&["ps"]);
+    assert!(
+        ps.contains("web") && ps.contains(&format!("127.0.0.1:{port}->8080/tcp")),
+        "{ps}"
+    );
+    // The port is taken: a second container cannot publish it, and nothing is left of it.
+    let err = s.fails(&["run", "-d", "--name", "web2", "-p", &publish, img]);
+    assert!(err.contains("cannot publish port"), "{err}");
+    assert!(!s.ok(&["ps", "-a"]).contains("web2"));
+
+    // httpd -v logs requests to stderr.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let logs = s.cmd(&["logs", "web"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&logs.stderr).contains("GET /"),
+        "{logs:?}"
+    );
+
+    let err = s.fails(&["rm", "web"]);
+    assert!(err.contains("is running"), "{err}");
+    s.ok(&["stop", "-t", "2", "web"]);
+    assert!(s.ok(&["ps", "-a"]).contains("Exited"));
+    s.ok(&["rm", "web"]);
+    assert!(
+        http_get(port, "/", 1).is_none(),
+        "port still served after rm"
+    );
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
+fn memory_limit_kills_a_hog_with_137() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    // Grows a shell variable well past 32 MiB.
+    let out = s.run(&[
+        "run",
+        "--rm",
+        "-m",
+        "32m",
+        img,
+        "sh",
+        "-c",
+        "x=0123456789abcdef; while true; do x=$x$x; done",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    // The CLI survived and the store is intact.
+    assert_eq!(
+        s.ok(&["run", "--rm", img, "echo", "still here"]),
+        "still here\n"
+    );
+}
+
+#[test]
+fn rm_force_stops_and_cleans_up() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    s.ok(&["run", "-d", "--name", "sleeper", img, "sleep", "1000"]);
+    assert!(s.ok(&["ps"]).contains("sleeper"));
+    s.ok(&["rm", "-f", "sleeper"]);
+    assert!(!s.ok(&["ps", "-a"]).contains("sleeper"));
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
+fn bad_input_is_one_clear_error_and_changes_nothing() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--rm", "-m", "lots", img, "true"], "lots"),
+        (&["run", "--rm", "-p", "99999:1", img, "true"], "99999"),
+        (&["run", "--rm", img, "/no/such/binary"], "not found"),
+        (
+            &["run", "--rm", "--name", "bad/name", img, "true"],
+            "container name",
+        ),
+        (
+            &["run", "--rm", "-u", "nosuchuser", img, "true"],
+            "nosuchuser",
+        ),
+        (
+            &["run", "--rm", "NOT A REF", "true"],
+            "invalid image reference",
+        ),
+        (&["load", "-i", "/nonexistent.tar"], "nonexistent.tar"),
+        (&["logs", "nosuch"], "no such container"),
+    ];
+    for (args, needle) in cases {
+        let err = s.fails(args);
+        assert!(err.contains(needle), "skiff {args:?}: {err}");
+    }
+    assert!(s.ok(&["ps", "-aq"]).trim().is_empty());
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+
+    // A truncated archive loads nothing.
+    let full = std::fs::read(&images().demo_docker_gzip).unwrap();
+    let cut = s.root.path().join("cut.tar");
+    std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
+    s.fails(&["load", "-i", cut.to_str().unwrap()]);
+    assert!(!s.ok(&["images"]).contains("demo-docker"));
+
+    // An image in use cannot be removed; once its container is gone it can.
+    s.ok(&["run", "--name", "user", img, "true"]);
+    let err = s.fails(&["rmi", img]);
+    assert!(err.contains("in use") || err.contains("used"), "{err}");
+    s.ok(&["rm", "user"]);
+    s.ok(&["rmi", img]);
+    assert!(!s.ok(&["images"]).contains("localhost/busybox "));
+}
+
+#[test]
+fn without_root_run_says_so() {
+    let s = Skiff::new();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            common::BIN,
+        ])
+        .args(["run", "--rm", "busybox", "true"])
+        .env("SKIFF_ROOT", s.root.path())
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("needs root"), "{err}");
+}
+
+/// A `docker save` archive whose one layer tries to write outside its
+/// directory every way a tar can: `..`, absolute paths, through a symlink,
+/// through a hardlink. Loading may succeed (blobs are just bytes) but
+/// nothing may ever appear outside the store.
+#[test]
+fn hostile_layers_never_write_outside_the_store() {
+    let s = Skiff::new();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().to_str().unwrap().to_string();
+    let archive = s.root.path().join("hostile.tar");
+    let script = r#"
+import hashlib, io, json, sys, tarfile
+target, out = sys.argv[1], sys.argv[2]
+def entry(tar, name, data=b"pwned", type=tarfile.REGTYPE, link=""):
+    i = tarfile.TarInfo(name); i.type = type; i.linkname = link; i.mode = 0o755
+    i.size = len(data) if type == tarfile.REGTYPE else 0
+    tar.addfile(i, io.BytesIO(data) if type == tarfile.REGTYPE else None)
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+    entry(t, "bin", type=tarfile.DIRTYPE)
+    entry(t, "../../../../../../.." + target + "/dotdot")
+    entry(t, "escape", type=tarfile.SYMTYPE, link=target)
+    entry(t, "escape/through-symlink")
+    entry(t, "up", type=tarfile.SYMTYPE, link="../../../../../../../../.." + target)
+    entry(t, "up/through-relative-symlink")
+    entry(t, "hard", type=tarfile.LNKTYPE, link="../../../../../../../.." + target + "/victim")
+    entry(t, "dev", type=tarfile.CHRTYPE)
+layer = buf.getvalue()
+diff = "sha256:" + hashlib.sha256(layer).hexdigest()
+cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
+                  "rootfs": {"type": "layers", "diff_ids": [diff]}}).encode()
+with tarfile.open(out, "w") as t:
+    for name, data in [("layer.tar", layer), ("config.json", cfg),
+                       ("manifest.json", json.dumps([{"Config": "config.json",
+                        "RepoTags": ["localhost/hostile:latest"], "Layers": ["layer.tar"]}]).encode())]:
+        i = tarfile.TarInfo(name); i.size = len(data); t.addfile(i, io.BytesIO(data))
+"#;
+    std::fs::write(outside.path().join("victim"), "original").unwrap();
+    let st = std::process::Command::new("python3")
+        .args(["-c", script, &target, archive.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let loaded = s.run(&["load", "-i", archive.to_str().unwrap()]);
+    if loaded.status.success() {
+        // Unpacking happens on first use.
+        let out = s.run(&["run", "--rm", "localhost/hostile", "true"]);
+        assert!(!out.status.success(), "a hostile layer ran: {out:?}");
+    }
+    let names: Vec<_> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["victim"], "files appeared outside the store");
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("victim")).unwrap(),
+        "original"
+    );
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
