@@ -29,8 +29,7 @@ use std::str::FromStr;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
-/// Name of the runtime's log inside a bundle, written by `create` (and by
-/// the caller's `run_detached_command`).
+/// Name of the runtime's log inside a bundle, written by `create` and `run`.
 pub const LOG_FILE: &str = "runtime.log";
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -167,28 +166,15 @@ impl OciRuntime {
         cmd
     }
 
-    /// `run --bundle BUNDLE ID` in the foreground. The caller wires stdio
-    /// and waits; see the module docs for what the exit status means.
-    pub fn run_command(&self, id: &str, bundle: &Path) -> Command {
+    /// `run --bundle BUNDLE ID` in the foreground: the runtime stays until
+    /// the container exits, forwards the signals it gets to the container,
+    /// writes init's pid to `pid_file` once the container exists and its
+    /// own errors to `log`, and exits with the container's status (see the
+    /// module docs). The container inherits this command's stdio.
+    pub fn run_command(&self, id: &str, bundle: &Path, pid_file: &Path, log: &Path) -> Command {
         let mut cmd = self.command();
-        cmd.arg("run").arg("--bundle").arg(bundle).arg(id);
-        cmd
-    }
-
-    /// `run --detach`: the runtime returns once the container runs, having
-    /// written init's pid to `pid_file` and any error to `log`. The
-    /// container inherits this command's stdio.
-    pub fn run_detached_command(
-        &self,
-        id: &str,
-        bundle: &Path,
-        pid_file: &Path,
-        log: &Path,
-    ) -> Command {
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg("--root").arg(&self.state_root).arg(log_arg(log));
-        cmd.arg("run")
-            .arg("--detach")
+        cmd.arg(log_arg(log))
+            .arg("run")
             .arg("--pid-file")
             .arg(pid_file)
             .arg("--bundle")
@@ -440,18 +426,7 @@ mod tests {
         let rt = OciRuntime::new("/bin/true", "/var/lib/skiff/crun").unwrap();
         assert_eq!(rt.name(), "true");
         assert_eq!(
-            args(&rt.run_command("c1", Path::new("/b"))),
-            [
-                "--root",
-                "/var/lib/skiff/crun",
-                "run",
-                "--bundle",
-                "/b",
-                "c1"
-            ]
-        );
-        assert_eq!(
-            args(&rt.run_detached_command(
+            args(&rt.run_command(
                 "c1",
                 Path::new("/b"),
                 Path::new("/b/pid"),
@@ -462,7 +437,6 @@ mod tests {
                 "/var/lib/skiff/crun",
                 "--log=/b/log",
                 "run",
-                "--detach",
                 "--pid-file",
                 "/b/pid",
                 "--bundle",

@@ -113,7 +113,12 @@ fn the_host_and_other_containers_reach_a_server() {
     server.write_spec(&cfg);
     let mut child = server
         .rt
-        .run_command(&server.id, &server.bundle())
+        .run_command(
+            &server.id,
+            &server.bundle(),
+            &server.bundle().join("pid"),
+            &server.bundle().join("runtime.log"),
+        )
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();

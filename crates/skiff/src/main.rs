@@ -13,15 +13,30 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Exit status for failures of skiff itself (not of a container), as
+/// `docker run` uses it, so it is not mistaken for a container's own code.
+const EXIT_SKIFF_ERROR: u8 = 125;
+
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // clap's usage errors span several lines; keep the one that says what was wrong.
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("skiff: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(EXIT_SKIFF_ERROR);
+        }
+    };
     init_tracing(cli.debug);
+    let is_run = matches!(cli.command, cli::Command::Run(_));
     match cli::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One clear line: the outermost context and its causes, joined.
             eprintln!("skiff: {}", error_chain(&e));
-            ExitCode::from(125)
+            ExitCode::from(if is_run { EXIT_SKIFF_ERROR } else { 1 })
         }
     }
 }

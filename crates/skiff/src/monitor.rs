@@ -1,33 +1,33 @@
 //! The monitor: the process that starts a prepared container and stays with
 //! it until it exits (what conmon is to podman, the shim to containerd).
 //!
-//! It becomes a child subreaper, has the OCI runtime start the container
-//! detached, and so inherits the container's init when the runtime exits:
-//! `waitpid` then yields the real exit status (a signal death becomes
-//! 128+N, so an OOM kill is 137) whatever the runtime reports. Meanwhile it
-//! copies output to the log, forwards published ports and, in the
-//! foreground, passes Ctrl-C and SIGTERM on. When the container exits it
-//! records the exit and releases what the container held.
+//! It runs the OCI runtime's `run` in the foreground: the runtime forwards
+//! the signals it gets to the container, removes the container when it
+//! exits, and exits with the container's status (a signal death as 128+N,
+//! so an OOM kill is 137). The runtime writes the container's pid once it
+//! exists; a runtime that exits without having written it failed to start
+//! the container, and its log says why. Meanwhile the monitor copies output
+//! to the log, forwards published ports and passes signals on. When the
+//! container exits it records the exit and releases what the container held.
 //!
 //! `skiff run` is the monitor of a foreground container; a detached one
 //! gets its own `skiff __monitor` process in a new session.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
 use skiff_core::PortMapping;
-use skiff_runtime::oci::OciRuntime;
+use skiff_runtime::oci::{OciRuntime, LOG_FILE};
 use skiff_state::ContainerRecord;
 
 use crate::container::release;
@@ -35,10 +35,18 @@ use crate::context::Context;
 use crate::logs::{now_ms, open_log, pump, Stream};
 
 pub struct Options {
-    /// Our stdio is the user's terminal: tee output there, forward signals.
+    /// Our stdio is the user's: tee output there.
     pub foreground: bool,
     /// Pass our stdin to the container.
     pub interactive: bool,
+}
+
+/// The processes signals go to: the runtime (which forwards them) and the
+/// container's init (for the final SIGKILL). 0 once the container is gone.
+#[derive(Default)]
+struct Targets {
+    runtime: AtomicI32,
+    init: AtomicI32,
 }
 
 /// Starts the container and waits for it; returns its exit code.
@@ -52,17 +60,14 @@ pub fn run(
     opts: Options,
     mut notify: Option<File>,
 ) -> Result<u8> {
+    // Blocked here (and so in every thread spawned after), taken by
+    // `sigwait` in the forwarding thread, unblocked in the runtime child.
     let signals = forwarded_signals();
-    if opts.foreground {
-        // Blocked here (and so in every thread spawned after), taken by
-        // `sigwait` in the forwarding thread, unblocked in the runtime child.
-        signals
-            .thread_block()
-            .context("cannot block signals for forwarding")?;
-    }
-    let dir = ctx.container_dir(&record.id);
-    let pid = match start(ctx, record, runtime, &opts) {
-        Ok(started) => started,
+    signals
+        .thread_block()
+        .context("cannot block signals for forwarding")?;
+    let mut started = match start(ctx, record, runtime, &opts) {
+        Ok(s) => s,
         Err(e) => {
             release(ctx, &record.id, runtime, true);
             if let Some(n) = notify.as_mut() {
@@ -71,49 +76,60 @@ pub fn run(
             return Err(e);
         }
     };
-    let (pid, pumps) = pid;
     let state = ctx.state()?;
-    state.set_running(&record.id, pid, std::process::id() as i32)?;
+    state.set_running(&record.id, started.pid, std::process::id() as i32)?;
     if let Some(mut n) = notify.take() {
         let _ = n.write_all(b"ok\n");
     }
     if let Some(ip) = ip {
         crate::proxy::serve(listeners, ip);
     }
-    let target = Arc::new(AtomicI32::new(pid));
-    if opts.foreground {
-        let t = target.clone();
-        std::thread::spawn(move || forward_signals(signals, t));
-    }
+    let targets = Arc::new(Targets::default());
+    targets
+        .runtime
+        .store(started.child.id() as i32, Ordering::SeqCst);
+    targets.init.store(started.pid, Ordering::SeqCst);
+    let t = targets.clone();
+    let foreground = opts.foreground;
+    std::thread::spawn(move || forward_signals(signals, t, foreground));
 
-    let code = wait_for(pid);
-    target.store(0, Ordering::SeqCst);
-    for p in pumps {
+    let status = started
+        .child
+        .wait()
+        .context("waiting for the OCI runtime")?;
+    targets.runtime.store(0, Ordering::SeqCst);
+    targets.init.store(0, Ordering::SeqCst);
+    let code = exit_code(status);
+    for p in started.pumps.drain(..) {
         let _ = p.join();
     }
     state.set_exited(&record.id, code as i32, now_ms())?;
     release(ctx, &record.id, runtime, record.auto_remove);
-    tracing::debug!(id = %record.id, code, dir = %dir.display(), "container exited");
     Ok(code)
 }
 
 type Pumps = Vec<std::thread::JoinHandle<std::io::Result<()>>>;
 
-/// Has the runtime start the container detached; returns the container's
-/// init pid and the threads copying its output.
+struct Started {
+    child: Child,
+    /// The container's init, as the host sees it.
+    pid: i32,
+    pumps: Pumps,
+}
+
+/// Has the runtime start the container; returns once the container exists
+/// (it may already have exited), or with the runtime's error.
 fn start(
     ctx: &Context,
     record: &ContainerRecord,
     runtime: &OciRuntime,
     opts: &Options,
-) -> Result<(i32, Pumps)> {
-    // Orphans we inherit: the container's init, once the runtime exits.
-    nix::sys::prctl::set_child_subreaper(true).context("cannot become a subreaper")?;
+) -> Result<Started> {
     skiff_runtime::cgroups::prepare_host(runtime.name())?;
     let dir = ctx.container_dir(&record.id);
     let pid_file = dir.join("pid");
-    let mut cmd =
-        runtime.run_detached_command(&record.id, &dir, &pid_file, &dir.join("runtime.log"));
+    let log_file = dir.join(LOG_FILE);
+    let mut cmd = runtime.run_command(&record.id, &dir, &pid_file, &log_file);
     cmd.stdin(if opts.interactive {
         Stdio::inherit()
     } else {
@@ -127,7 +143,7 @@ fn start(
     }
     unsafe {
         cmd.pre_exec(|| {
-            // The forwarding mask must not reach the container.
+            // The forwarding mask must not reach the runtime or the container.
             SigSet::empty()
                 .thread_set_mask()
                 .map_err(std::io::Error::from)
@@ -152,34 +168,46 @@ fn start(
             }));
         }
     }
-    let status = child.wait().context("waiting for the OCI runtime")?;
-    if !status.success() {
-        let why = runtime.last_error(&dir.join("runtime.log"));
-        bail!(
-            "the OCI runtime {} could not start the container: {why}",
-            runtime.name()
-        );
+    // The pid file appears once the container exists; a runtime that exits
+    // before writing it never started the container.
+    let mut delay = Duration::from_micros(200);
+    loop {
+        if let Some(pid) = read_pid(&pid_file) {
+            return Ok(Started { child, pid, pumps });
+        }
+        if let Some(status) = child.try_wait()? {
+            if let Some(pid) = read_pid(&pid_file) {
+                return Ok(Started { child, pid, pumps });
+            }
+            for p in pumps {
+                let _ = p.join();
+            }
+            let why = runtime.last_error(&log_file);
+            bail!(
+                "the OCI runtime {} could not start the container ({}): {why}",
+                runtime.name(),
+                status
+            );
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(5));
     }
-    let pid = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .with_context(|| format!("the OCI runtime wrote no pid to {}", pid_file.display()))?;
-    Ok((pid, pumps))
 }
 
-/// Reaps the container's init; its exit code, or 128+signal.
-fn wait_for(pid: i32) -> u8 {
-    loop {
-        match waitpid(Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, code)) => return code as u8,
-            Ok(WaitStatus::Signaled(_, sig, _)) => return 128u8.wrapping_add(sig as u8),
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => {
-                tracing::warn!(pid, "waitpid: {e}");
-                return 255;
-            }
-        }
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|&p| p > 0)
+}
+
+/// The runtime's exit status is the container's; a runtime killed by a
+/// signal is reported as that signal, as a shell would.
+fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 255,
     }
 }
 
@@ -196,31 +224,49 @@ fn forwarded_signals() -> SigSet {
     s
 }
 
-/// Passes signals to the container's init. An init that ignores them (pid 1
-/// has no default handlers) would make Ctrl-C useless, so a second signal,
-/// or ten seconds after the first, kills it.
-fn forward_signals(set: SigSet, target: Arc<AtomicI32>) {
+/// Passes signals to the runtime, which passes them to the container. An
+/// init that ignores them (pid 1 has no default handlers) would make Ctrl-C
+/// useless, so a second signal, or ten seconds after the first, kills it.
+fn forward_signals(set: SigSet, targets: Arc<Targets>, foreground: bool) {
     let mut first = true;
     loop {
         let Ok(sig) = set.wait() else { return };
-        let pid = target.load(Ordering::SeqCst);
-        if pid <= 0 {
+        let runtime = targets.runtime.load(Ordering::SeqCst);
+        if runtime <= 0 {
             return;
         }
-        if first {
-            first = false;
-            unsafe { libc::kill(pid, sig as i32) };
-            let t = target.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(10));
-                let pid = t.load(Ordering::SeqCst);
-                if pid > 0 {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            });
-        } else {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        if !first {
+            kill(targets.init.load(Ordering::SeqCst), libc::SIGKILL);
+            continue;
         }
+        first = false;
+        // Ctrl-C on our terminal already reached the runtime, which is in
+        // our process group: sending it again would deliver it twice.
+        if !(foreground && sig == Signal::SIGINT && terminal_is_ours()) {
+            kill(runtime, sig as i32);
+        }
+        let t = targets.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(10));
+            kill(t.init.load(Ordering::SeqCst), libc::SIGKILL);
+        });
+    }
+}
+
+fn kill(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: plain syscall; a stale pid is the only risk and pids are
+        // cleared as soon as the runtime has been reaped.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+fn terminal_is_ours() -> bool {
+    // SAFETY: plain syscalls on fds we hold.
+    unsafe {
+        [libc::STDIN_FILENO, libc::STDERR_FILENO]
+            .iter()
+            .any(|&fd| libc::isatty(fd) == 1 && libc::tcgetpgrp(fd) == libc::getpgrp())
     }
 }
 
@@ -264,8 +310,9 @@ pub fn spawn_detached(
     let child = cmd.spawn().context("cannot start the container monitor")?;
     drop(wr);
     drop(listeners);
+    // One line: `ok`, or why not. EOF first means the monitor died.
     let mut msg = String::new();
-    File::from(rd).read_to_string(&mut msg)?;
+    std::io::BufReader::new(File::from(rd)).read_line(&mut msg)?;
     // The monitor lives on, reparented to init once we exit.
     std::mem::forget(child);
     match msg.trim() {
@@ -279,6 +326,15 @@ pub fn spawn_detached(
 
 /// `skiff __monitor ID`: the detached half of `skiff run -d`.
 pub fn detached_main(ctx: &Context, id: &str, notify_fd: i32, listen_fds: &[i32]) -> Result<u8> {
+    // The fds came without close-on-exec so that they could reach us; the
+    // runtime and the container must not inherit them (an inherited notify
+    // pipe would keep `skiff run -d` waiting for as long as the container runs).
+    for fd in std::iter::once(&notify_fd).chain(listen_fds) {
+        // SAFETY: fcntl on an fd number; a bad one fails with EBADF.
+        if unsafe { libc::fcntl(*fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            bail!("fd {fd} handed to the monitor is not open");
+        }
+    }
     // SAFETY: the fds were handed to us open by `spawn_detached`, once each.
     let mut notify = unsafe { File::from_raw_fd(notify_fd) };
     let record = match ctx.state()?.find_container(id)? {

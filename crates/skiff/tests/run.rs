@@ -128,7 +128,7 @@ fn detached_with_published_port_serves_http_and_leaves_nothing() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let logs = s.cmd(&["logs", "web"]).output().unwrap();
     assert!(
-        String::from_utf8_lossy(&logs.stderr).contains("GET /"),
+        String::from_utf8_lossy(&logs.stderr).contains("response:200"),
         "{logs:?}"
     );
 

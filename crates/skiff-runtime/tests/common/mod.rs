@@ -134,7 +134,12 @@ impl Fixture {
 
     pub fn run_written(&self) -> Output {
         self.rt
-            .run_command(&self.id, &self.bundle())
+            .run_command(
+                &self.id,
+                &self.bundle(),
+                &self.bundle().join("pid"),
+                &self.bundle().join("runtime.log"),
+            )
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
