@@ -255,7 +255,7 @@ fn pax_time(v: &str) -> Option<TimeSpec> {
         nanos = nanos * 10 + frac.as_bytes().get(i).map_or(0, |b| i64::from(b - b'0'));
     }
     if whole.starts_with('-') && nanos > 0 {
-        return Some(TimeSpec::new(secs - 1, 1_000_000_000 - nanos));
+        return Some(TimeSpec::new(secs.checked_sub(1)?, 1_000_000_000 - nanos));
     }
     Some(TimeSpec::new(secs, nanos))
 }

@@ -631,17 +631,46 @@ fn resolve_user(rootfs: &Path, spec: Option<&str>) -> Result<ExecUser, SpecError
     if user.home.is_empty() {
         user.home = "/".to_string();
     }
+    // (uid_t)-1 means "leave unchanged" to setresuid: the process would
+    // stay root while looking like a named user.
+    if user.uid == u32::MAX || user.gid == u32::MAX || user.additional_gids.contains(&u32::MAX) {
+        return Err(SpecError::InvalidUser(spec.to_string()));
+    }
     Ok(user)
 }
 
+/// Largest /etc/passwd or /etc/group we read from an image.
+const MAX_IMAGE_FILE: u64 = 4 << 20;
+
 /// A file of the image, read through [`resolve_in_root`]; missing is empty.
+/// The image is untrusted: a FIFO would block us forever and a huge sparse
+/// file would exhaust memory, so only a regular file is read, and only its
+/// first 4 MiB.
 fn read_image_file(rootfs: &Path, in_root: &str) -> Result<String, SpecError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let host = resolve_in_root(rootfs, Path::new(in_root)).map_err(|e| read_err(in_root, e))?;
-    match std::fs::read(&host) {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e) if is_missing(&e) => Ok(String::new()),
-        Err(e) => Err(read_err(in_root, e)),
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&host)
+    {
+        Ok(f) => f,
+        Err(e) if is_missing(&e) => return Ok(String::new()),
+        Err(e) => return Err(read_err(in_root, e)),
+    };
+    let meta = file.metadata().map_err(|e| read_err(in_root, e))?;
+    if !meta.is_file() {
+        return Err(read_err(
+            in_root,
+            io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
+        ));
     }
+    let mut bytes = Vec::new();
+    file.take(MAX_IMAGE_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| read_err(in_root, e))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -236,7 +236,15 @@ impl State {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StateError> {
-    let tx = conn.transaction()?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == MIGRATIONS.len() as i64 {
+        return Ok(());
+    }
+    // IMMEDIATE: two processes opening a new database at once would both
+    // read user_version 0 in a deferred transaction, and the second one's
+    // upgrade to a writer fails at once with SQLITE_BUSY (no busy wait, to
+    // avoid deadlock). Taking the write lock first makes the second wait.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let applied: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
         tx.execute_batch(sql)?;

@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a command in a new container.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers.
     Ps {
         /// Show all containers (default shows just running).
@@ -204,7 +204,7 @@ fn parse_cpus(s: &str) -> Result<u64, String> {
 pub fn dispatch(cli: Cli) -> Result<u8> {
     let ctx = Context::new(cli.root);
     match cli.command {
-        Command::Run(args) => crate::container::run(&ctx, args),
+        Command::Run(args) => crate::container::run(&ctx, *args),
         Command::Ps { all, quiet, json } => crate::container::ps(&ctx, all, quiet, json).map(|_| 0),
         Command::Logs { follow, container } => {
             crate::logs::print(&ctx, &container, follow).map(|_| 0)

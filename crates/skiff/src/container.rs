@@ -64,7 +64,9 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         created_ms: now_ms(),
         status: Status::Created,
         pid: None,
-        monitor_pid: None,
+        // The creator, until the monitor takes over: a Created record whose
+        // creator is alive is starting, not abandoned.
+        monitor_pid: Some(std::process::id() as i32),
         exit_code: None,
         finished_ms: None,
         ip: None,
@@ -74,18 +76,28 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
     };
     let state = ctx.state()?;
     state.insert_container(&record)?;
-    let prepared = match prepare(ctx, &record, &image, &args, env, mounts) {
-        Ok(p) => p,
-        Err(e) => {
-            release(ctx, &record.id, &runtime, true);
-            return Err(e);
-        }
+    // From here on the container holds resources: Ctrl-C must not kill us
+    // half-way, so signals wait until it runs (and are then forwarded) or
+    // until everything is released again.
+    let signals = crate::monitor::forwarded_signals();
+    signals.thread_block().context("cannot block signals")?;
+    let undo = |e: anyhow::Error| {
+        let _ = runtime.kill(&record.id, libc::SIGKILL, true);
+        release(ctx, &record.id, &runtime, true);
+        e
     };
+    let prepared = prepare(ctx, &record, &image, &args, env, mounts).map_err(undo)?;
+    if let Some(sig) = crate::monitor::pending(&signals) {
+        release(ctx, &record.id, &runtime, true);
+        return Ok(128 + sig as u8);
+    }
     if let Some(ip) = prepared.ip {
-        state.set_ip(&record.id, &ip.to_string())?;
+        state
+            .set_ip(&record.id, &ip.to_string())
+            .map_err(|e| undo(e.into()))?;
     }
     if args.detach {
-        crate::monitor::spawn_detached(ctx, &record, listeners)?;
+        crate::monitor::spawn_detached(ctx, &record, listeners).map_err(undo)?;
         println!("{id}");
         Ok(0)
     } else {
@@ -200,7 +212,7 @@ pub fn ps(ctx: &Context, all: bool, quiet: bool, json: bool) -> Result<()> {
     let rows: Vec<ContainerRecord> = state
         .list_containers()?
         .into_iter()
-        .map(|c| reconcile(ctx, c))
+        .filter_map(|c| reconcile(ctx, c))
         .filter(|c| all || c.status == Status::Running)
         .collect();
     if json {
@@ -253,24 +265,29 @@ pub fn ps(ctx: &Context, all: bool, quiet: bool, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A record that says running whose monitor is gone (killed, machine
-/// rebooted) is shown, and stored, as exited.
-fn reconcile(ctx: &Context, mut c: ContainerRecord) -> ContainerRecord {
-    if c.status == Status::Running && !c.monitor_pid.is_some_and(process_alive) {
-        tracing::warn!(id = %c.id, "the container's monitor is gone; marking it exited");
-        if let Ok(rt) = OciRuntime::new(&c.runtime, ctx.runtime_state_dir(&c.runtime)) {
-            let _ = rt.kill(&c.id, libc::SIGKILL, true);
-            release(ctx, &c.id, &rt, false);
-        }
-        let now = now_ms();
-        if let Ok(state) = ctx.state() {
-            let _ = state.set_exited(&c.id, 137, now);
-        }
-        c.status = Status::Exited;
-        c.exit_code = Some(137);
-        c.finished_ms = Some(now);
+/// A record whose monitor (or creator) is gone — killed, or the machine
+/// rebooted — is brought in line: a Running one is shown, and stored, as
+/// exited; a Created one never ran and is released and dropped (`None`).
+fn reconcile(ctx: &Context, mut c: ContainerRecord) -> Option<ContainerRecord> {
+    if c.status == Status::Exited || c.monitor_pid.is_some_and(process_alive) {
+        return Some(c);
     }
-    c
+    tracing::warn!(id = %c.id, "the container's monitor is gone; cleaning up after it");
+    if let Ok(rt) = OciRuntime::new(&c.runtime, ctx.runtime_state_dir(&c.runtime)) {
+        let _ = rt.kill(&c.id, libc::SIGKILL, true);
+        release(ctx, &c.id, &rt, c.status == Status::Created);
+    }
+    if c.status == Status::Created {
+        return None;
+    }
+    let now = now_ms();
+    if let Ok(state) = ctx.state() {
+        let _ = state.set_exited(&c.id, 137, now);
+    }
+    c.status = Status::Exited;
+    c.exit_code = Some(137);
+    c.finished_ms = Some(now);
+    Some(c)
 }
 
 pub fn process_alive(pid: i32) -> bool {
@@ -331,7 +348,13 @@ fn stop_one(ctx: &Context, c: &ContainerRecord, grace: Duration) -> Result<()> {
 
 pub fn rm(ctx: &Context, names: &[String], force: bool) -> Result<()> {
     for name in names {
-        let c = reconcile(ctx, find(ctx, name)?);
+        let Some(c) = reconcile(ctx, find(ctx, name)?) else {
+            println!("{name}");
+            continue;
+        };
+        if c.status == Status::Created {
+            bail!("container {name} is still starting: try again in a moment");
+        }
         if c.status == Status::Running {
             if !force {
                 bail!("container {name} is running: stop it first, or use rm -f");
@@ -480,13 +503,15 @@ mod tests {
         let f = dir.path().join("env");
         std::fs::write(&f, "# comment\nA=1\n\nB=2\n").unwrap();
         let env = collect_env(
-            &[f.clone()],
+            std::slice::from_ref(&f),
             &["B=3".into(), "SKIFF_TEST_COPY".into(), "UNSET_X".into()],
         )
         .unwrap();
         assert_eq!(env, ["A=1", "B=2", "B=3", "SKIFF_TEST_COPY=copied"]);
         std::fs::write(&f, "A=1\n=bad\n").unwrap();
-        let e = collect_env(&[f.clone()], &[]).unwrap_err().to_string();
+        let e = collect_env(std::slice::from_ref(&f), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":2:"), "{e}");
 
         let v = parse_volumes(&[format!("{}:/data:ro", dir.path().display())]).unwrap();

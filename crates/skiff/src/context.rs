@@ -33,13 +33,27 @@ impl Context {
         }
     }
 
+    /// Creates the data directory, private to its owner: image layers and
+    /// container upper dirs hold files the images own, setuid-root ones
+    /// included, which no other local user may reach (CVE-2021-41091).
     fn ensure_root(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.root).with_context(|| {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let created = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root);
+        created.with_context(|| {
             format!(
                 "cannot create the data directory {} (set SKIFF_ROOT or run as root)",
                 self.root.display()
             )
-        })
+        })?;
+        let meta = std::fs::metadata(&self.root)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private", self.root.display()))?;
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> Result<&Store> {

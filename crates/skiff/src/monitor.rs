@@ -76,8 +76,19 @@ pub fn run(
             return Err(e);
         }
     };
-    let state = ctx.state()?;
-    state.set_running(&record.id, started.pid, std::process::id() as i32)?;
+    let running = ctx
+        .state()
+        .and_then(|st| Ok(st.set_running(&record.id, started.pid, std::process::id() as i32)?));
+    if let Err(e) = running {
+        // Nobody could find or stop a container we cannot record: take it down.
+        let _ = runtime.kill(&record.id, libc::SIGKILL, true);
+        let _ = started.child.wait();
+        release(ctx, &record.id, runtime, true);
+        if let Some(n) = notify.as_mut() {
+            let _ = writeln!(n, "{e:#}");
+        }
+        return Err(e);
+    }
     if let Some(mut n) = notify.take() {
         let _ = n.write_all(b"ok\n");
     }
@@ -103,7 +114,13 @@ pub fn run(
     for p in started.pumps.drain(..) {
         let _ = p.join();
     }
-    state.set_exited(&record.id, code as i32, now_ms())?;
+    // Release whatever happens to the record: resources matter more.
+    let recorded = ctx
+        .state()
+        .and_then(|st| Ok(st.set_exited(&record.id, code as i32, now_ms())?));
+    if let Err(e) = recorded {
+        tracing::warn!(id = %record.id, "cannot record the exit: {e:#}");
+    }
     release(ctx, &record.id, runtime, record.auto_remove);
     Ok(code)
 }
@@ -211,7 +228,7 @@ fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-fn forwarded_signals() -> SigSet {
+pub fn forwarded_signals() -> SigSet {
     let mut s = SigSet::empty();
     for sig in [
         Signal::SIGINT,
@@ -222,6 +239,22 @@ fn forwarded_signals() -> SigSet {
         s.add(sig);
     }
     s
+}
+
+/// A forwarded signal that arrived while blocked, taken off the queue.
+pub fn pending(set: &SigSet) -> Option<i32> {
+    // SAFETY: sigpending fills the zeroed set we pass; sigismember reads it.
+    let sig = unsafe {
+        let mut waiting: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut waiting) != 0 {
+            return None;
+        }
+        set.iter()
+            .find(|s| libc::sigismember(&waiting, *s as i32) == 1)?
+    };
+    let mut only = SigSet::empty();
+    only.add(sig);
+    only.wait().ok().map(|s| s as i32)
 }
 
 /// Passes signals to the runtime, which passes them to the container. An

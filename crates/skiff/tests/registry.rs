@@ -48,13 +48,15 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry");
+        // Owned by the guard from here on, so a failed start is killed too.
+        let registry = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Registry {
-                    child,
-                    port,
-                    _dir: dir,
-                };
+                return registry;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

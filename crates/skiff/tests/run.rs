@@ -306,3 +306,150 @@ with tarfile.open(out, "w") as t:
     );
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 }
+
+#[test]
+fn stdin_volumes_limits_networks_and_runtimes() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+
+    // -i passes standard input through.
+    let mut child = s
+        .cmd(&["run", "--rm", "-i", img, "tr", "a-z", "A-Z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SHOUT\n");
+
+    // -v binds a host directory, :ro makes it read-only.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in.txt"), "from host").unwrap();
+    let rw = format!("{}:/data", host.path().display());
+    assert_eq!(
+        s.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            &rw,
+            img,
+            "sh",
+            "-c",
+            "cat /data/in.txt; echo back > /data/out.txt"
+        ]),
+        "from host"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out.txt")).unwrap(),
+        "back\n"
+    );
+    let ro = format!("{}:/data:ro", host.path().display());
+    let out = s.run(&[
+        "run",
+        "--rm",
+        "-v",
+        &ro,
+        img,
+        "sh",
+        "-c",
+        "echo x > /data/nope",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!host.path().join("nope").exists());
+
+    // --pids-limit caps forks; the memory limit is visible to the container.
+    let out = s.run(&[
+        "run",
+        "--rm",
+        "--pids-limit",
+        "8",
+        img,
+        "sh",
+        "-c",
+        "for i in $(seq 1 20); do sleep 5 & done; wait",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fork") || !out.status.success(),
+        "{out:?}"
+    );
+
+    // Networks: bridge has eth0 with a 10.89 address; none has only lo; host sees the host's.
+    let bridge = s.ok(&["run", "--rm", img, "ip", "-4", "addr"]);
+    assert!(
+        bridge.contains("eth0") && bridge.contains("10.89."),
+        "{bridge}"
+    );
+    let none = s.ok(&["run", "--rm", "--network", "none", img, "ip", "-4", "addr"]);
+    assert!(
+        !none.contains("eth0") && none.contains("127.0.0.1"),
+        "{none}"
+    );
+    let host_net = s.ok(&["run", "--rm", "--network", "host", img, "ip", "link"]);
+    assert!(host_net.contains("skiff0"), "{host_net}");
+
+    // Security defaults: no-new-privileges, seccomp, Docker's capabilities.
+    let status = s.ok(&[
+        "run",
+        "--rm",
+        img,
+        "grep",
+        "-E",
+        "^(NoNewPrivs|Seccomp|CapBnd):",
+        "/proc/self/status",
+    ]);
+    assert!(
+        status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"),
+        "{status}"
+    );
+    assert!(status.contains("CapBnd:\t00000000a80425fb"), "{status}");
+
+    // runc can be selected instead of crun.
+    common::require("runc", "runc");
+    assert_eq!(
+        s.ok(&["run", "--rm", "--runtime", "runc", img, "echo", "runc"]),
+        "runc\n"
+    );
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
+fn sigterm_to_a_foreground_run_stops_the_container() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    let child = s
+        .cmd(&[
+            "run",
+            "--rm",
+            "--name",
+            "fg",
+            img,
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 4' TERM; while true; do sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if s.ok(&["ps"]).contains("fg") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bye\n");
+    assert!(
+        s.ok(&["ps", "-a"]).lines().count() == 1,
+        "--rm container left a record"
+    );
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
