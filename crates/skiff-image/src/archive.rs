@@ -470,18 +470,11 @@ fn synthesise(
         let (d, size) = c
             .blob(name)
             .ok_or_else(|| NameError::Invalid(format!("layer {name} is not in the archive")))?;
-        let path = store.blob_path(d);
-        let file = File::open(&path).map_err(|e| {
-            NameError::Store(StoreError::Io {
-                what: "opening",
-                path: path.clone(),
-                source: e,
-            })
-        })?;
+        let file = store.open_blob(d).map_err(NameError::Store)?;
         let (head, _) = peek(file, 4).map_err(|e| {
             NameError::Store(StoreError::Io {
                 what: "reading",
-                path: path.clone(),
+                path: store.blob_path(d),
                 source: e,
             })
         })?;
@@ -650,14 +643,7 @@ fn export(
             if !written.insert(d.clone()) {
                 continue;
             }
-            let path = store.blob_path(d);
-            let file = File::open(&path).map_err(|e| {
-                ArchiveError::Export(StoreError::Io {
-                    what: "opening",
-                    path: path.clone(),
-                    source: e,
-                })
-            })?;
+            let file = store.open_blob(d).map_err(ArchiveError::Export)?;
             let size = store.blob_size(d).map_err(ArchiveError::Export)?;
             let mut h = header(tar::EntryType::Regular, 0o644, size);
             tar.append_data(

@@ -373,16 +373,22 @@ impl Store {
         }
     }
 
+    /// Opens a stored blob for reading (streaming layers out).
+    pub fn open_blob(&self, d: &Digest) -> Result<File, StoreError> {
+        let path = self.blob_path(d);
+        File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StoreError::BlobMissing(d.clone())
+            } else {
+                io_err("opening", &path)(e)
+            }
+        })
+    }
+
     /// Reads a small blob (manifest, config, index) and checks its digest.
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
         let path = self.blob_path(d);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::BlobMissing(d.clone()))
-            }
-            Err(e) => return Err(io_err("opening", &path)(e)),
-        };
+        let file = self.open_blob(d)?;
         let size = file.metadata().map_err(io_err("reading", &path))?.len();
         if size > MAX_METADATA_BLOB {
             return Err(StoreError::BlobTooLarge {
@@ -972,14 +978,7 @@ impl Store {
         // TempDir is 0700; the layer root becomes the container's "/".
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
             .map_err(io_err("setting mode of", tmp.path()))?;
-        let path = self.blob_path(&layer.digest);
-        let blob = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::BlobMissing(layer.digest.clone()))
-            }
-            Err(e) => return Err(io_err("opening", &path)(e)),
-        };
+        let blob = self.open_blob(&layer.digest)?;
         let actual = unpack_layer(
             BufReader::with_capacity(256 * 1024, blob),
             &layer.media_type,
