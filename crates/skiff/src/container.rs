@@ -42,6 +42,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         );
     }
     let image = crate::images::resolve_or_pull(ctx, &args.image)?;
+    tracing::debug!("image resolved");
     let id = new_id()?;
     let name = match &args.name {
         Some(n) => {
@@ -76,6 +77,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
     };
     let state = ctx.state()?;
     state.insert_container(&record)?;
+    tracing::debug!("record inserted");
     // From here on the container holds resources: Ctrl-C must not kill us
     // half-way, so signals wait until it runs (and are then forwarded) or
     // until everything is released again.
@@ -87,6 +89,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         e
     };
     let prepared = prepare(ctx, &record, &image, &args, env, mounts).map_err(undo)?;
+    tracing::debug!("bundle prepared");
     if let Some(sig) = crate::monitor::pending(&signals) {
         release(ctx, &record.id, &runtime, true);
         return Ok(128 + sig as u8);
@@ -126,6 +129,7 @@ fn prepare(
     }
     let layers = ctx.store()?.layer_dirs(image)?;
     skiff_runtime::rootfs::mount_overlay(&layers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+    tracing::debug!("rootfs mounted");
 
     let hostname = record.id[..12].to_string();
     let (network, ip) = match args.network.as_str() {
@@ -192,7 +196,9 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
     if let Err(e) = Network::new().teardown_by_id(id, &ctx.netns_dir()) {
         tracing::warn!(id, "network teardown: {e}");
     }
+    tracing::debug!("rootfs and network released");
     skiff_runtime::cgroups::remove_cgroup(&cgroup_path(id));
+    tracing::debug!("cgroup released");
     if remove {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -89,6 +89,7 @@ pub fn run(
         }
         return Err(e);
     }
+    tracing::debug!(pid = started.pid, "container running");
     if let Some(mut n) = notify.take() {
         let _ = n.write_all(b"ok\n");
     }
@@ -111,6 +112,7 @@ pub fn run(
     targets.runtime.store(0, Ordering::SeqCst);
     targets.init.store(0, Ordering::SeqCst);
     let code = exit_code(status);
+    tracing::debug!(code, "container exited");
     for p in started.pumps.drain(..) {
         let _ = p.join();
     }
@@ -122,6 +124,7 @@ pub fn run(
         tracing::warn!(id = %record.id, "cannot record the exit: {e:#}");
     }
     release(ctx, &record.id, runtime, record.auto_remove);
+    tracing::debug!("released");
     Ok(code)
 }
 
@@ -166,6 +169,7 @@ fn start(
                 .map_err(std::io::Error::from)
         });
     }
+    tracing::debug!("starting the runtime");
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start the OCI runtime {}", runtime.name()))?;
@@ -187,7 +191,9 @@ fn start(
     }
     // The pid file appears once the container exists; a runtime that exits
     // before writing it never started the container.
-    let mut delay = Duration::from_micros(200);
+    // Polled at 1 ms at most: a container that starts in 10 ms is not
+    // noticed late, and the poll costs one failed open per millisecond.
+    let mut delay = Duration::from_micros(100);
     loop {
         if let Some(pid) = read_pid(&pid_file) {
             return Ok(Started { child, pid, pumps });
@@ -207,7 +213,7 @@ fn start(
             );
         }
         std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(5));
+        delay = (delay * 2).min(Duration::from_millis(1));
     }
 }
 
