@@ -26,11 +26,23 @@
 //!   them (redirects, metacopy, opaque), so only the whiteout markers below may
 //!   produce them.
 //!
+//! A compressed layer is small but may expand without bound, so nothing kept
+//! in memory may grow with the stream (see `HeaderGuard`):
+//!
+//! - Extension headers (GNU long name/link, PAX) may declare at most 1 MiB, as
+//!   in Go's archive/tar: the tar crate reads their bodies whole into memory.
+//! - GNU sparse entries are refused: the tar crate writes out their declared,
+//!   unchecked size as zeros and keeps their chunk maps in memory, and image
+//!   builders do not emit them.
+//! - A layer has at most [`MAX_ENTRIES`] entries, and the directory mtimes
+//!   kept for the end are keyed by path and capped in total path bytes.
+//!
 //! Whiteouts are converted to overlayfs format: `.wh.NAME` becomes a 0/0
 //! character device `NAME`, `.wh..wh..opq` sets `trusted.overlay.opaque=y` on
 //! its directory. Unpacking runs as root (ownership and whiteout devices need
 //! it); without root, ownership is left to the caller's uid, as GNU tar does.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -41,8 +53,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{open, openat, AtFlags, OFlag};
 use nix::sys::stat::{
-    fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
-    UtimensatFlags,
+    fchmod, fstat, fstatat, futimens, mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
@@ -158,6 +169,201 @@ pub fn decompressed<'a, R: Read + 'a>(
     })
 }
 
+/// Most entries one layer may have. Far above any real image (a full distro
+/// is ~10^5), far below what makes the per-entry work or bookkeeping hurt.
+pub const MAX_ENTRIES: usize = 10_000_000;
+/// Largest body an extension header may declare (Go's maxSpecialFileSize).
+const MAX_EXTENSION: u64 = 1 << 20;
+/// Most path bytes of distinct directories remembered for their mtimes.
+const MAX_DIR_TIME_BYTES: usize = 256 << 20;
+const BLOCK: usize = 512;
+
+const SPARSE: &str = "GNU sparse files are not supported (the tar crate writes out their \
+                      declared size as zeros; image builders do not produce them)";
+
+/// A pass-through reader that follows the tar block structure of what the
+/// tar crate reads, and fails at a header the tar crate must not process:
+/// an oversized extension header (the crate reads those bodies whole into
+/// memory, with no limit to set) or a GNU sparse entry.
+///
+/// It must see headers exactly where the crate does, or a hostile tar could
+/// hide one inside what the guard takes for data. So it mirrors the crate's
+/// framing (tar 0.4.46 `next_entry_raw`): a header block, then its size
+/// rounded up to whole blocks, where a pending PAX `size` record overrides
+/// the size of the next non-extension header. Sparse entries, whose extra
+/// header blocks would complicate this, never get that far; nor do extension
+/// headers without ustar/GNU magic, which the crate does not treat as such.
+/// All-zero blocks (end of archive) are passed over, so it stays alert.
+struct HeaderGuard<R> {
+    inner: R,
+    block: [u8; BLOCK],
+    /// Bytes of `block` filled so far: headers may span read() calls.
+    have: usize,
+    /// Data and padding bytes before the next header.
+    skip: u64,
+    /// The body being read of a long-name (`true`) or PAX (`false`) header.
+    body: Option<(bool, Vec<u8>)>,
+    /// Extension bodies that apply to the next non-extension header.
+    long_name: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+    /// Why the stream was refused; the tar crate only passes on an io::Error.
+    refusal: Option<UnpackError>,
+}
+
+/// The PAX `size` override exactly as the tar crate's `pax_extensions_value`
+/// computes it (it gives up at the first malformed record).
+fn pax_size(pax: &[u8]) -> Option<u64> {
+    for ext in tar::PaxExtensions::new(pax) {
+        let ext = ext.ok()?;
+        if ext.key_bytes() == b"size" {
+            return ext.value().ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+impl<R: Read> HeaderGuard<R> {
+    fn new(inner: R) -> Self {
+        HeaderGuard {
+            inner,
+            block: [0; BLOCK],
+            have: 0,
+            skip: 0,
+            body: None,
+            long_name: None,
+            pax: None,
+            refusal: None,
+        }
+    }
+
+    fn watch(&mut self, mut data: &[u8]) -> Result<(), UnpackError> {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let k = data
+                    .len()
+                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                if let Some((_, body)) = &mut self.body {
+                    // Capacity is the declared size; the padding is dropped.
+                    let room = body.capacity() - body.len();
+                    body.extend_from_slice(&data[..k.min(room)]);
+                }
+                self.skip -= k as u64;
+                data = &data[k..];
+                if self.skip == 0 {
+                    self.end_body();
+                }
+                continue;
+            }
+            let k = (BLOCK - self.have).min(data.len());
+            self.block[self.have..self.have + k].copy_from_slice(&data[..k]);
+            self.have += k;
+            data = &data[k..];
+            if self.have == BLOCK {
+                self.have = 0;
+                self.header()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn end_body(&mut self) {
+        match self.body.take() {
+            Some((true, b)) => self.long_name = Some(b),
+            Some((false, b)) => self.pax = Some(b),
+            None => {}
+        }
+    }
+
+    fn header(&mut self) -> Result<(), UnpackError> {
+        if self.block.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        let h = tar::Header::from_byte_slice(&self.block);
+        let kind = h.entry_type();
+        // The tar crate reads these bodies into memory and applies them to
+        // the next header; a global header is handed on like an entry.
+        let slurped = matches!(
+            kind,
+            EntryType::GNULongName | EntryType::GNULongLink | EntryType::XHeader
+        );
+        let extension = slurped || kind == EntryType::XGlobalHeader;
+        // An unparseable size fails the tar crate at this very header.
+        let Ok(mut size) = h.entry_size() else {
+            return Ok(());
+        };
+        if !extension {
+            if let Some(s) = self.pax.as_deref().and_then(pax_size) {
+                size = s;
+            }
+        }
+        // Named as the tar crate will name it: long name, PAX path, header.
+        let pax_path = || {
+            let pax = self.pax.as_deref()?;
+            tar::PaxExtensions::new(pax)
+                .filter_map(Result::ok)
+                .find(|e| e.key_bytes() == b"path")
+                .map(|e| e.value_bytes().to_vec())
+        };
+        let path = match &self.long_name {
+            _ if extension => h.path_bytes().into_owned(),
+            Some(l) => l.strip_suffix(b"\0").unwrap_or(l).to_vec(),
+            None => pax_path().unwrap_or_else(|| h.path_bytes().into_owned()),
+        };
+        let refuse = |why: String| UnpackError::Refused {
+            path: String::from_utf8_lossy(&path).into_owned(),
+            why,
+        };
+        if kind == EntryType::GNUSparse {
+            return Err(refuse(SPARSE.to_string()));
+        }
+        if extension && size > MAX_EXTENSION {
+            return Err(refuse(format!(
+                "{kind:?} extension header declares {size} bytes, more than the \
+                 {MAX_EXTENSION} allowed"
+            )));
+        }
+        if slurped && h.as_ustar().is_none() && h.as_gnu().is_none() {
+            return Err(refuse(format!(
+                "{kind:?} extension header without ustar or GNU magic"
+            )));
+        }
+        if !slurped {
+            // This header ends the member the extensions described.
+            self.long_name = None;
+            self.pax = None;
+        }
+        // On overflow the tar crate fails at this header.
+        self.skip = size
+            .checked_add(BLOCK as u64 - 1)
+            .map_or(0, |s| s & !(BLOCK as u64 - 1));
+        if matches!(kind, EntryType::GNULongName | EntryType::XHeader) {
+            // size <= MAX_EXTENSION, checked above.
+            let body = Vec::with_capacity(size as usize);
+            self.body = Some((kind == EntryType::GNULongName, body));
+            if self.skip == 0 {
+                self.end_body();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let refused = |e: &UnpackError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        if let Some(e) = &self.refusal {
+            return Err(refused(e));
+        }
+        let n = self.inner.read(buf)?;
+        if let Err(e) = self.watch(&buf[..n]) {
+            let io = refused(&e);
+            self.refusal = Some(e);
+            return Err(io);
+        }
+        Ok(n)
+    }
+}
+
 /// Unpacks one layer into `dest` (an existing, empty directory) in overlayfs
 /// lower-dir format and returns the digest of the uncompressed tar stream
 /// (the layer's diff_id). The caller compares it with the image config and
@@ -168,29 +374,14 @@ pub fn unpack_layer(
     dest: &Path,
 ) -> Result<Digest, UnpackError> {
     let mut hashed = DigestReader::new(decompressed(reader, media_type)?);
-    let root = open(
-        dest,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| UnpackError::Io {
-        path: dest.display().to_string(),
-        op: "opening the destination directory",
-        source: e.into(),
-    })?;
-    let mut u = Unpacker {
-        root,
-        dest: dest.to_path_buf(),
-        privileged: nix::unistd::geteuid().is_root(),
-        dir_times: Vec::new(),
-        devices_skipped: 0,
-    };
-    {
-        let mut archive = tar::Archive::new(&mut hashed);
-        for entry in archive.entries().map_err(UnpackError::Stream)? {
-            u.entry(entry.map_err(UnpackError::Stream)?)?;
-        }
+    let mut u = Unpacker::new(dest)?;
+    let mut guard = HeaderGuard::new(&mut hashed);
+    let res = u.entries(&mut guard);
+    // The tar crate passes a guard refusal on as a bare read error.
+    if let Some(e) = guard.refusal.take() {
+        return Err(e);
     }
+    res?;
     // The diff_id covers the whole uncompressed stream, padding after the
     // end-of-archive marker included; draining also makes gzip check its CRC.
     io::copy(&mut hashed, &mut io::sink()).map_err(UnpackError::Stream)?;
@@ -211,8 +402,12 @@ struct Unpacker {
     root: OwnedFd,
     dest: PathBuf,
     privileged: bool,
-    /// Directory mtimes are set last: creating children changes them.
-    dir_times: Vec<(Vec<OsString>, TimeSpec)>,
+    max_entries: usize,
+    max_dir_time_bytes: usize,
+    /// Directory mtimes are set last: creating children changes them. Keyed
+    /// by path, so a directory repeated many times is remembered once.
+    dir_times: HashMap<PathBuf, TimeSpec>,
+    dir_time_bytes: usize,
     devices_skipped: usize,
 }
 
@@ -261,6 +456,46 @@ fn pax_time(v: &str) -> Option<TimeSpec> {
 }
 
 impl Unpacker {
+    fn new(dest: &Path) -> Result<Unpacker, UnpackError> {
+        let root = open(
+            dest,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| UnpackError::Io {
+            path: dest.display().to_string(),
+            op: "opening the destination directory",
+            source: e.into(),
+        })?;
+        Ok(Unpacker {
+            root,
+            dest: dest.to_path_buf(),
+            privileged: nix::unistd::geteuid().is_root(),
+            max_entries: MAX_ENTRIES,
+            max_dir_time_bytes: MAX_DIR_TIME_BYTES,
+            dir_times: HashMap::new(),
+            dir_time_bytes: 0,
+            devices_skipped: 0,
+        })
+    }
+
+    fn entries(&mut self, tar: impl Read) -> Result<(), UnpackError> {
+        let mut archive = tar::Archive::new(tar);
+        // The first zero block ends the archive (HeaderGuard's model).
+        archive.set_ignore_zeros(false);
+        for (n, entry) in archive.entries().map_err(UnpackError::Stream)?.enumerate() {
+            let entry = entry.map_err(UnpackError::Stream)?;
+            if n >= self.max_entries {
+                return Err(UnpackError::Refused {
+                    path: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                    why: format!("layer has more than {} entries", self.max_entries),
+                });
+            }
+            self.entry(entry)?;
+        }
+        Ok(())
+    }
+
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
@@ -298,9 +533,11 @@ impl Unpacker {
 
         let meta = self.meta(&mut entry, &shown)?;
         match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            EntryType::Regular | EntryType::Continuous => {
                 self.file(&comps, &mut entry, &meta, &shown)
             }
+            // HeaderGuard refuses these first; this covers unguarded streams.
+            EntryType::GNUSparse => Err(refuse(SPARSE)),
             EntryType::Directory => self.dir(&comps, &meta, &shown),
             EntryType::Symlink => {
                 let target = entry
@@ -509,8 +746,18 @@ impl Unpacker {
     }
 
     /// Ownership, mode and xattrs through a descriptor of the new object.
-    /// Order matters: chown clears setuid bits and file capabilities.
     fn apply(&self, file: &File, meta: &Meta, shown: &str) -> Result<(), UnpackError> {
+        self.own(file, meta, shown)?;
+        for (name, value) in &meta.xattrs {
+            if let Err(e) = file.set_xattr(name, value) {
+                self.xattr_failed(name, e, shown)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ownership, then mode: chown clears setuid bits and file capabilities.
+    fn own(&self, file: &File, meta: &Meta, shown: &str) -> Result<(), UnpackError> {
         let io_err = |op, e: Errno| UnpackError::Io {
             path: shown.to_string(),
             op,
@@ -524,13 +771,7 @@ impl Unpacker {
             )
             .map_err(|e| io_err("setting ownership", e))?;
         }
-        fchmod(file, Mode::from_bits_truncate(meta.mode)).map_err(|e| io_err("setting mode", e))?;
-        for (name, value) in &meta.xattrs {
-            if let Err(e) = file.set_xattr(name, value) {
-                self.xattr_failed(name, e, shown)?;
-            }
-        }
-        Ok(())
+        fchmod(file, Mode::from_bits_truncate(meta.mode)).map_err(|e| io_err("setting mode", e))
     }
 
     /// Filesystems without xattr support lose them (as containerd does);
@@ -618,7 +859,20 @@ impl Unpacker {
             self.walk(comps, false, shown)?
         };
         self.apply(&File::from(fd), meta, shown)?;
-        self.dir_times.push((comps.to_vec(), meta.mtime));
+        let key: PathBuf = comps.iter().collect();
+        if !self.dir_times.contains_key(&key) {
+            self.dir_time_bytes += key.as_os_str().len() + 1;
+            if self.dir_time_bytes > self.max_dir_time_bytes {
+                return Err(UnpackError::Refused {
+                    path: shown.to_string(),
+                    why: format!(
+                        "layer's directory paths add up to more than {} bytes",
+                        self.max_dir_time_bytes
+                    ),
+                });
+            }
+        }
+        self.dir_times.insert(key, meta.mtime);
         Ok(())
     }
 
@@ -732,33 +986,27 @@ impl Unpacker {
             0,
         )
         .map_err(|e| io_err("creating fifo", e))?;
-        if self.privileged {
-            fchownat(
-                &parent,
-                name,
-                Some(Uid::from_raw(meta.uid)),
-                Some(Gid::from_raw(meta.gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| io_err("setting ownership", e))?;
+        // Everything else goes through a descriptor, as for files: O_NONBLOCK
+        // so opening a fifo does not wait for a writer, and the fstat proves
+        // the name still is the fifo just made.
+        let fd = openat(
+            &parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("opening fifo", e))?;
+        let st = fstat(&fd).map_err(|e| io_err("inspecting fifo", e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            return Err(UnpackError::Refused {
+                path: shown.to_string(),
+                why: "fifo was replaced while being created".to_string(),
+            });
         }
-        // The fifo was just created by us in a directory only we write to,
-        // so following (the only mode Linux's fchmodat supports) is safe.
-        fchmodat(
-            &parent,
-            name,
-            Mode::from_bits_truncate(meta.mode),
-            FchmodatFlags::FollowSymlink,
-        )
-        .map_err(|e| io_err("setting mode", e))?;
-        utimensat(
-            &parent,
-            name,
-            &meta.mtime,
-            &meta.mtime,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| io_err("setting mtime", e))
+        let file = File::from(fd);
+        // No xattrs, as before: Linux refuses user.* ones on fifos.
+        self.own(&file, meta, shown)?;
+        futimens(&file, &meta.mtime, &meta.mtime).map_err(|e| io_err("setting mtime", e))
     }
 
     fn whiteout(
@@ -791,8 +1039,10 @@ impl Unpacker {
     }
 
     fn finish(&mut self) -> Result<(), UnpackError> {
-        for (comps, t) in std::mem::take(&mut self.dir_times) {
-            let shown = join(&comps);
+        for (path, t) in std::mem::take(&mut self.dir_times) {
+            // Stored clean, so this only splits it again.
+            let comps = clean(&path).unwrap_or_default();
+            let shown = path.display().to_string();
             let res = match comps.split_last() {
                 None => futimens(&self.root, &t, &t),
                 Some((name, parent)) => match self.walk(parent, false, &shown) {
@@ -1196,5 +1446,294 @@ mod tests {
         layer[0] = b'g';
         let err = hostile(&layer).0.unwrap_err();
         assert!(matches!(err, UnpackError::Stream(_)), "{err}");
+    }
+
+    /// One raw header block with GNU magic, as a hostile tar may have it.
+    fn block(name: &str, kind: EntryType, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn padded(data: &[u8]) -> Vec<u8> {
+        let mut v = data.to_vec();
+        v.resize(data.len().div_ceil(BLOCK) * BLOCK, 0);
+        v
+    }
+
+    /// Hands out its source in odd, small chunks (so headers straddle reads)
+    /// and fails after `left` bytes: a guard that misses a hostile header
+    /// then shows up as a wrong error rather than as an OOM.
+    struct Trickle<R> {
+        inner: R,
+        left: usize,
+        turn: usize,
+    }
+
+    impl<R: Read> Trickle<R> {
+        fn new(inner: R, left: usize) -> Self {
+            Trickle {
+                inner,
+                left,
+                turn: 0,
+            }
+        }
+    }
+
+    impl<R: Read> Read for Trickle<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            const CHUNKS: [usize; 6] = [1, 7, 511, 2, 513, 4096];
+            if self.left == 0 {
+                return Err(io::Error::other("test read budget exhausted"));
+            }
+            let n = buf
+                .len()
+                .min(CHUNKS[self.turn % CHUNKS.len()])
+                .min(self.left);
+            self.turn += 1;
+            let n = self.inner.read(&mut buf[..n])?;
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    fn refused(res: Result<Digest, UnpackError>, path: &str, why: &str) {
+        match res {
+            Err(UnpackError::Refused { path: p, why: w }) if p == path && w.contains(why) => {}
+            other => panic!("expected {path:?} refused with {why:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_oversized_extension_headers() {
+        use EntryType::{GNULongLink, GNULongName, XGlobalHeader, XHeader};
+        for kind in [GNULongName, GNULongLink, XHeader, XGlobalHeader] {
+            // Octal and base-256 sizes; then an endless body to read in.
+            for size in [MAX_EXTENSION + 1, 1 << 40] {
+                let head = block("././@LongLink", kind, size);
+                let src = Trickle::new(io::Cursor::new(head).chain(io::repeat(b'a')), 64 << 10);
+                let tmp = tempfile::tempdir().unwrap();
+                let why = format!("declares {size} bytes");
+                refused(unpack_layer(src, "", tmp.path()), "././@LongLink", &why);
+            }
+        }
+        // Inside a zstd layer, after an honest entry.
+        let mut layer = block("ok", EntryType::Regular, 4);
+        layer.extend(padded(b"fine"));
+        layer.extend(block("././@LongLink", GNULongName, 1 << 40));
+        layer.resize(layer.len() + (8 << 20), b'a');
+        let zst = zstd::encode_all(&layer[..], 3).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let res = unpack_layer(
+            &zst[..],
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            tmp.path(),
+        );
+        refused(res, "././@LongLink", "more than the 1048576 allowed");
+        assert_eq!(fs::read(tmp.path().join("ok")).unwrap(), b"fine");
+
+        // Exactly 1 MiB is allowed.
+        let comment = vec![b'c'; (1 << 20) - "1048576 comment=\n".len()];
+        let layer = tar(|b| {
+            b.append_pax_extensions([("comment", &comment[..])])
+                .unwrap();
+            raw(b, "f", EntryType::Regular, "", b"x", 0o644);
+        });
+        assert_eq!(&layer[124..135], b"00004000000", "PAX body is 1 MiB");
+        let tmp = tempfile::tempdir().unwrap();
+        unpack_layer(&layer[..], "", tmp.path()).unwrap();
+        assert_eq!(fs::read(tmp.path().join("f")).unwrap(), b"x");
+
+        // Extension headers the tar crate would hand over as entries.
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..4].copy_from_slice(b"note");
+        h.set_entry_type(XHeader);
+        h.set_size(0);
+        h.set_cksum();
+        let mut layer = h.as_bytes().to_vec();
+        layer.resize(3 * BLOCK, 0);
+        let tmp = tempfile::tempdir().unwrap();
+        refused(unpack_layer(&layer[..], "", tmp.path()), "note", "magic");
+    }
+
+    #[test]
+    fn guard_follows_pax_sizes_like_the_tar_crate() {
+        // A PAX size gives "f" (header size 0) two blocks of data. The first
+        // looks like a header whose data covers the long-name header after
+        // it: a guard going by header sizes alone would skip that one.
+        let pax = b"13 size=1024\n";
+        let mut layer = block("pax", EntryType::XHeader, pax.len() as u64);
+        layer.extend(padded(pax));
+        layer.extend(block("f", EntryType::Regular, 0));
+        let decoy = block("decoy", EntryType::Regular, 1024);
+        layer.extend(padded(&decoy));
+        layer.extend([0; BLOCK]);
+        layer.extend(block("././@LongLink", EntryType::GNULongName, 1 << 40));
+        let src = Trickle::new(io::Cursor::new(layer).chain(io::repeat(b'a')), 64 << 10);
+        let tmp = tempfile::tempdir().unwrap();
+        refused(
+            unpack_layer(src, "", tmp.path()),
+            "././@LongLink",
+            "declares",
+        );
+        assert_eq!(fs::metadata(tmp.path().join("f")).unwrap().len(), 1024);
+    }
+
+    #[test]
+    fn guard_passes_real_archives_in_any_chunking() {
+        let long = format!("{}/{}", "d".repeat(120), "f".repeat(120));
+        let layer = tar(|b| {
+            raw(
+                b,
+                "g",
+                EntryType::XGlobalHeader,
+                "",
+                b"17 comment=hello\n",
+                0o644,
+            );
+            for (i, n) in [0, 1, 511, 512, 513, 5000].into_iter().enumerate() {
+                raw(
+                    b,
+                    &format!("f{i}"),
+                    EntryType::Regular,
+                    "",
+                    &vec![b'x'; n],
+                    0o644,
+                );
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(4);
+            b.append_data(&mut h, &long, &b"long"[..]).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, "link", &long).unwrap();
+            b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
+                .unwrap();
+            raw(b, "pax", EntryType::Regular, "", b"pax", 0o644);
+        });
+        for budget in [usize::MAX, layer.len()] {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = tmp.path();
+            let diff = unpack_layer(Trickle::new(&layer[..], budget), "", d).unwrap();
+            assert_eq!(diff, Digest::of(&layer));
+            assert_eq!(fs::read(d.join("f4")).unwrap(), vec![b'x'; 513]);
+            assert_eq!(fs::read(d.join("f5")).unwrap().len(), 5000);
+            assert_eq!(fs::read(d.join(&long)).unwrap(), b"long");
+            assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new(&long));
+            assert_eq!(fs::read(d.join("pax")).unwrap(), b"pax");
+        }
+    }
+
+    #[test]
+    fn refuses_sparse_files() {
+        // 512 bytes in the archive, a terabyte of zeros on disk.
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..6].copy_from_slice(b"sparse");
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_size(512);
+        h.set_mode(0o644);
+        let g = h.as_gnu_mut().unwrap();
+        g.set_real_size(1 << 40);
+        g.sparse[0].set_offset((1 << 40) - 512);
+        g.sparse[0].set_length(512);
+        h.set_cksum();
+        let mut layer = h.as_bytes().to_vec();
+        layer.extend([b'z'; BLOCK]);
+        layer.extend([0; 2 * BLOCK]);
+        let (res, tmp) = hostile(&layer);
+        refused(res, "sparse", "sparse files are not supported");
+        assert!(!tmp.path().join("dest/sparse").exists());
+        // Refused by the entry itself too, should the guard ever be bypassed.
+        let tmp = tempfile::tempdir().unwrap();
+        let err = Unpacker::new(tmp.path())
+            .unwrap()
+            .entries(&layer[..])
+            .unwrap_err();
+        assert!(err.to_string().contains("sparse files"), "{err}");
+    }
+
+    #[test]
+    fn repeated_directories_are_remembered_once() {
+        let n = 20_000;
+        let layer = tar(|b| {
+            for i in 0..n {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_mtime(1_000_000 + i);
+                h.set_size(0);
+                b.append_data(&mut h, "d/", io::empty()).unwrap();
+            }
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let mut u = Unpacker::new(tmp.path()).unwrap();
+        u.entries(&layer[..]).unwrap();
+        assert_eq!(u.dir_times.len(), 1);
+        u.finish().unwrap();
+        let m = fs::metadata(tmp.path().join("d")).unwrap();
+        assert_eq!(m.mtime(), 1_000_000 + n as i64 - 1, "the last entry wins");
+    }
+
+    #[test]
+    fn caps_entries_and_directory_bookkeeping() {
+        let layer = tar(|b| {
+            for i in 0..6 {
+                raw(b, &format!("f{i}"), EntryType::Regular, "", b"", 0o644);
+            }
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let mut u = Unpacker::new(tmp.path()).unwrap();
+        u.max_entries = 5;
+        refused(
+            u.entries(&layer[..]).map(|()| Digest::of(b"")),
+            "f5",
+            "more than 5 entries",
+        );
+
+        let layer = tar(|b| {
+            for d in ["aaaa/", "bbbb/", "aaaa/", "cccc/"] {
+                raw(b, d, EntryType::Directory, "", b"", 0o755);
+            }
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let mut u = Unpacker::new(tmp.path()).unwrap();
+        u.max_dir_time_bytes = 10;
+        let res = u.entries(&layer[..]).map(|()| Digest::of(b""));
+        refused(res, "cccc/", "more than 10 bytes");
+    }
+
+    #[test]
+    fn fifos_are_set_up_through_a_descriptor() {
+        let layer = tar(|b| {
+            raw(b, "q", EntryType::Symlink, "../sentinel/secret", b"", 0o777);
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Fifo);
+            h.set_mode(0o640);
+            h.set_uid(1234);
+            h.set_gid(4321);
+            h.set_mtime(1_500_000_000);
+            h.set_size(0);
+            b.append_data(&mut h, "q", io::empty()).unwrap();
+        });
+        // hostile() also checks the symlink's target was left alone.
+        let (res, tmp) = hostile(&layer);
+        res.unwrap();
+        let m = fs::symlink_metadata(tmp.path().join("dest/q")).unwrap();
+        assert!(m.file_type().is_fifo());
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!(m.mtime(), 1_500_000_000);
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!((m.uid(), m.gid()), (1234, 4321));
+        }
     }
 }
