@@ -453,3 +453,74 @@ fn sigterm_to_a_foreground_run_stops_the_container() {
     );
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 }
+
+#[test]
+fn save_load_round_trip_and_an_independent_reader_agrees() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let id = |s: &Skiff| -> String {
+        let v: serde_json::Value = serde_json::from_str(&s.ok(&["images", "--json"])).unwrap();
+        v.as_array().unwrap()[0]["id"].as_str().unwrap().to_string()
+    };
+    let original = id(&s);
+    for format in ["docker", "oci"] {
+        let out = s.root.path().join(format!("saved-{format}.tar"));
+        s.ok(&["save", "--format", format, "-o", out.to_str().unwrap(), img]);
+        let t = Skiff::new();
+        t.ok(&["load", "-i", out.to_str().unwrap()]);
+        assert_eq!(id(&t), original, "{format} round trip changed the image");
+        assert!(t
+            .ok(&["run", "--rm", img, "cat", "/www/index.html"])
+            .contains("Skiff"));
+        if format == "oci" {
+            // skopeo (containers/image) reads what we wrote.
+            common::require("skopeo", "skopeo");
+            let o = std::process::Command::new("skopeo")
+                .args([
+                    "inspect",
+                    "--raw",
+                    &format!("oci-archive:{}", out.display()),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "skopeo: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(String::from_utf8_lossy(&o.stdout)
+                .contains("application/vnd.oci.image.manifest.v1+json"));
+        }
+    }
+    // A failed save leaves no partial archive behind.
+    let bad = s.root.path().join("never.tar");
+    s.fails(&[
+        "save",
+        "-o",
+        bad.to_str().unwrap(),
+        "localhost/nothing:here",
+    ]);
+    assert!(!bad.exists());
+}
+
+#[test]
+fn logs_follow_streams_until_the_container_exits() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        img,
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo tick $i; sleep 0.2; done",
+    ]);
+    let out = s.ok(&["logs", "-f", "ticker"]);
+    assert_eq!(out, "tick 1\ntick 2\ntick 3\n");
+    let ps: serde_json::Value = serde_json::from_str(&s.ok(&["ps", "-a", "--json"])).unwrap();
+    assert_eq!(ps[0]["status"], "exited");
+    assert_eq!(ps[0]["exit_code"], 0);
+    s.ok(&["rm", "ticker"]);
+}
