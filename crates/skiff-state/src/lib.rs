@@ -160,11 +160,18 @@ impl State {
         }
     }
 
-    /// The container's address on the bridge, known once its network is set up.
-    pub fn set_ip(&self, id: &str, ip: &str) -> Result<(), StateError> {
+    /// What is known once the bundle is prepared: the container's address
+    /// on the bridge, if any, and the command it will really run (the
+    /// image's entrypoint and cmd merged with the flags).
+    pub fn set_prepared(
+        &self,
+        id: &str,
+        ip: Option<&str>,
+        command: &[String],
+    ) -> Result<(), StateError> {
         self.conn.execute(
-            "UPDATE containers SET ip = ?2 WHERE id = ?1",
-            params![id, ip],
+            "UPDATE containers SET ip = ?2, command = ?3 WHERE id = ?1",
+            params![id, ip, to_json(&command)],
         )?;
         Ok(())
     }
@@ -340,7 +347,8 @@ mod tests {
         );
         assert!(s.find_container("nope").unwrap().is_none());
 
-        s.set_ip("abcdef0123", "10.89.0.2").unwrap();
+        s.set_prepared("abcdef0123", Some("10.89.0.2"), &["httpd".into()])
+            .unwrap();
         s.set_running("abcdef0123", 42, 41).unwrap();
         let c = s.find_container("web").unwrap().unwrap();
         assert_eq!(
@@ -348,6 +356,7 @@ mod tests {
             (Status::Running, Some(42), Some("10.89.0.2"))
         );
         assert_eq!(c.ports[0].container_port, 80);
+        assert_eq!(c.command, ["httpd"]);
 
         s.set_exited("abcdef0123", 137, 5).unwrap();
         let c = s.find_container("web").unwrap().unwrap();

@@ -28,6 +28,8 @@ use crate::logs::now_ms;
 /// What `prepare` made, for the monitor.
 pub struct Prepared {
     pub ip: Option<Ipv4Addr>,
+    /// The process the container runs: entrypoint and cmd, merged.
+    pub command: Vec<String>,
 }
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
@@ -94,11 +96,10 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         release(ctx, &record.id, &runtime, true);
         return Ok(128 + sig as u8);
     }
-    if let Some(ip) = prepared.ip {
-        state
-            .set_ip(&record.id, &ip.to_string())
-            .map_err(|e| undo(e.into()))?;
-    }
+    let ip = prepared.ip.map(|ip| ip.to_string());
+    state
+        .set_prepared(&record.id, ip.as_deref(), &prepared.command)
+        .map_err(|e| undo(e.into()))?;
     if args.detach {
         crate::monitor::spawn_detached(ctx, &record, listeners).map_err(undo)?;
         println!("{id}");
@@ -173,9 +174,14 @@ fn prepare(
         etc_files: Some(etc),
     };
     let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
+    let command = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default();
     let config = serde_json::to_vec_pretty(&spec)?;
     std::fs::write(dir.join("config.json"), config)?;
-    Ok(Prepared { ip })
+    Ok(Prepared { ip, command })
 }
 
 pub fn cgroup_path(id: &str) -> String {
@@ -252,11 +258,7 @@ pub fn ps(ctx: &Context, all: bool, quiet: bool, json: bool) -> Result<()> {
             .map(|p| format!("{}:{}->{}/tcp", p.host_ip, p.host_port, p.container_port))
             .collect::<Vec<_>>()
             .join(", ");
-        let cmd = if c.command.is_empty() {
-            "(image default)".to_string()
-        } else {
-            c.command.join(" ")
-        };
+        let cmd = c.command.join(" ");
         println!(
             "{:<14}{:<34}{:<24}{:<16}{:<30}{:<26}{}",
             &c.id[..12],
