@@ -57,7 +57,7 @@ def busybox_layer(demo):
     applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for d in ["bin", "etc", "tmp", "root", "home", "var", "usr", "usr/bin"]:
+        for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "root", "home", "var", "usr", "usr/bin"]:
             add_dir(tar, d, 0o1777 if d == "tmp" else 0o755)
         with open(BUSYBOX, "rb") as f:
             add_file(tar, "bin/busybox", f.read(), 0o755)
