@@ -66,15 +66,18 @@ pub fn run(
     signals
         .thread_block()
         .context("cannot block signals for forwarding")?;
+    // A container that never ran is released whole, record included, and
+    // the waiting `run -d` is told why.
+    let mut abort = |e: anyhow::Error| {
+        release(ctx, &record.id, runtime, true);
+        if let Some(n) = notify.as_mut() {
+            let _ = writeln!(n, "{e:#}");
+        }
+        Err(e)
+    };
     let mut started = match start(ctx, record, runtime, &opts) {
         Ok(s) => s,
-        Err(e) => {
-            release(ctx, &record.id, runtime, true);
-            if let Some(n) = notify.as_mut() {
-                let _ = writeln!(n, "{e:#}");
-            }
-            return Err(e);
-        }
+        Err(e) => return abort(e),
     };
     let running = ctx
         .state()
@@ -83,11 +86,7 @@ pub fn run(
         // Nobody could find or stop a container we cannot record: take it down.
         let _ = runtime.kill(&record.id, libc::SIGKILL, true);
         let _ = started.child.wait();
-        release(ctx, &record.id, runtime, true);
-        if let Some(n) = notify.as_mut() {
-            let _ = writeln!(n, "{e:#}");
-        }
-        return Err(e);
+        return abort(e);
     }
     tracing::debug!(pid = started.pid, "container running");
     if let Some(mut n) = notify.take() {
