@@ -113,6 +113,8 @@ pub fn require_root(what: &str) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
     } else {
-        anyhow::bail!("{what} needs root (namespaces, overlayfs, cgroups): run it as root, e.g. with sudo")
+        anyhow::bail!(
+            "{what} needs root (namespaces, overlayfs, cgroups): run it as root, e.g. with sudo"
+        )
     }
 }
