@@ -1,7 +1,9 @@
 //! Command-line surface. Names and flags follow ../shared/DESIGN.md's CLI
 //! contract, which follows Docker's where a Docker habit exists.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -125,6 +127,30 @@ pub enum Command {
     },
     /// Forget a registry's credentials.
     Logout { registry: String },
+    /// Run the daemon: the gateway, the admin listener and the control socket.
+    Serve {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gateway: SocketAddr,
+        /// Where /metrics and /healthz are served.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        admin: SocketAddr,
+    },
+    /// Deploy a new revision of a service (creating the service).
+    Deploy(Box<DeployArgs>),
+    /// List services.
+    Services {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a service: revisions, traffic, instances.
+    Describe {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a service: stops its instances and forgets its revisions.
+    Delete { name: String },
     /// (internal) The process that watches a detached container.
     #[command(name = "__monitor", hide = true)]
     Monitor {
@@ -190,6 +216,44 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+#[derive(Args, Clone)]
+pub struct DeployArgs {
+    pub name: String,
+    /// The image (pulled now if it is not here).
+    #[arg(long)]
+    pub image: String,
+    /// The port the container listens on; it gets it as $PORT (default 8080).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// An environment variable, K=V.
+    #[arg(short, long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Memory limit per instance, e.g. 256m.
+    #[arg(short, long, value_parser = parse_bytes)]
+    pub memory: Option<u64>,
+    /// CPU limit per instance, e.g. 0.5.
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<u64>,
+    /// Requests in flight per instance at most (0 = unlimited).
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Instances kept up even when idle.
+    #[arg(long)]
+    pub min: Option<u32>,
+    /// Instances at most (0 = unlimited).
+    #[arg(long)]
+    pub max: Option<u32>,
+    /// How long a request may wait for an instance and a start may take (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Idle this long (no request), a --min 0 service scales to zero (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    skiff_core::parse_duration(s).map_err(|e| e.to_string())
+}
 fn parse_port(s: &str) -> Result<PortMapping, String> {
     skiff_core::parse_port_mapping(s).map_err(|e| e.to_string())
 }
@@ -232,6 +296,11 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             password_stdin,
         } => crate::images::login(&ctx, &registry, username, password_stdin).map(|_| 0),
         Command::Logout { registry } => crate::images::logout(&ctx, &registry).map(|_| 0),
+        Command::Serve { gateway, admin } => crate::serve::serve(&ctx, gateway, admin),
+        Command::Deploy(args) => crate::client::deploy(&ctx, *args).map(|_| 0),
+        Command::Services { json } => crate::client::services(&ctx, json).map(|_| 0),
+        Command::Describe { name, json } => crate::client::describe(&ctx, &name, json).map(|_| 0),
+        Command::Delete { name } => crate::client::delete(&ctx, &name).map(|_| 0),
         Command::Monitor {
             id,
             notify_fd,

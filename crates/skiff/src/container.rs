@@ -90,7 +90,8 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         release(ctx, &record.id, &runtime, true);
         e
     };
-    let prepared = prepare(ctx, &record, &image, &args, env, mounts).map_err(undo)?;
+    let opts = BundleOptions::from(&args);
+    let prepared = prepare(ctx, &record, &image, &opts, env, mounts).map_err(undo)?;
     tracing::debug!("bundle prepared");
     if let Some(sig) = crate::monitor::pending(&signals) {
         release(ctx, &record.id, &runtime, true);
@@ -101,7 +102,8 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         .set_prepared(&record.id, ip.as_deref(), &prepared.command)
         .map_err(|e| undo(e.into()))?;
     if args.detach {
-        crate::monitor::spawn_detached(ctx, &record, listeners).map_err(undo)?;
+        // The monitor lives on, reparented to init once we exit.
+        drop(crate::monitor::spawn_detached(ctx, &record, listeners).map_err(undo)?);
         println!("{id}");
         Ok(0)
     } else {
@@ -113,13 +115,43 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
     }
 }
 
+/// What a bundle needs beyond the image, the environment and the mounts.
+pub struct BundleOptions {
+    /// bridge, none or host.
+    pub network: String,
+    /// `Some("")` clears the image's entrypoint.
+    pub entrypoint: Option<String>,
+    /// Empty: the image's own cmd.
+    pub command: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub memory: Option<u64>,
+    pub cpus: Option<u64>,
+    pub pids_limit: Option<i64>,
+}
+
+impl From<&RunArgs> for BundleOptions {
+    fn from(args: &RunArgs) -> Self {
+        BundleOptions {
+            network: args.network.clone(),
+            entrypoint: args.entrypoint.clone(),
+            command: args.command.clone(),
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+            memory: args.memory,
+            cpus: args.cpus,
+            pids_limit: args.pids_limit,
+        }
+    }
+}
+
 /// Lays out `containers/<id>/`: overlay rootfs over the image's layers,
 /// network namespace, /etc files, config.json.
-fn prepare(
+pub fn prepare(
     ctx: &Context,
     record: &ContainerRecord,
     image: &Image,
-    args: &RunArgs,
+    args: &BundleOptions,
     env: Vec<String>,
     mounts: Vec<BindMount>,
 ) -> Result<Prepared> {

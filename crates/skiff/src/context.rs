@@ -5,7 +5,8 @@
 //!   images/            content store (an OCI image layout + unpacked layers)
 //!   containers/<id>/   bundle: config.json, rootfs (overlay mount), upper, work,
 //!                      hosts, hostname, resolv.conf, container.log, crun.log
-//!   state.db           SQLite: containers
+//!   state.db           SQLite: containers, services, revisions, traffic
+//!   skiff.sock         the daemon's control API (root only)
 //!   auth.json          registry credentials (Docker's config.json format)
 //! /run/skiff/<hash of $SKIFF_ROOT>/
 //!   netns/<id>         the container's network namespace (a bind mount)

@@ -1,6 +1,7 @@
 //! The `skiff` command: CLI parsing, wiring and error reporting.
 
 mod cli;
+mod client;
 mod container;
 mod context;
 mod images;
@@ -8,6 +9,7 @@ mod logs;
 mod monitor;
 mod progress;
 mod proxy;
+mod serve;
 
 use std::process::ExitCode;
 

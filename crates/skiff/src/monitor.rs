@@ -311,11 +311,14 @@ fn terminal_is_ours() -> bool {
 /// Starts `skiff __monitor ID` in its own session and waits until it says
 /// the container runs (or why not). The published ports' sockets, bound by
 /// the caller, are handed over open, so a port in use fails `run` itself.
+/// Returns the monitor process: a caller that outlives it reaps it (the
+/// daemon does, to learn of the exit); one that exits first may drop it,
+/// as `run -d` does, and init adopts it.
 pub fn spawn_detached(
     ctx: &Context,
     record: &ContainerRecord,
     listeners: Vec<(TcpListener, PortMapping)>,
-) -> Result<()> {
+) -> Result<Child> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let wr_fd = wr.as_raw_fd();
     let listen_fds: Vec<RawFd> = listeners.iter().map(|(l, _)| l.as_raw_fd()).collect();
@@ -345,20 +348,22 @@ pub fn spawn_detached(
             Ok(())
         });
     }
-    let child = cmd.spawn().context("cannot start the container monitor")?;
+    let mut child = cmd.spawn().context("cannot start the container monitor")?;
     drop(wr);
     drop(listeners);
     // One line: `ok`, or why not. EOF first means the monitor died.
     let mut msg = String::new();
     std::io::BufReader::new(File::from(rd)).read_line(&mut msg)?;
-    // The monitor lives on, reparented to init once we exit.
-    std::mem::forget(child);
     match msg.trim() {
-        "ok" => Ok(()),
+        "ok" => Ok(child),
         "" => {
+            let _ = child.wait();
             bail!("the container monitor exited before the container started (see SKIFF_LOG=debug)")
         }
-        why => bail!("{why}"),
+        why => {
+            let _ = child.wait();
+            bail!("{why}")
+        }
     }
 }
 

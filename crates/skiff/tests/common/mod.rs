@@ -113,15 +113,26 @@ impl Skiff {
                 .filter(|l| l.contains(&root))
                 .map(|l| format!("mount: {l}")),
         );
-        for sub in ["containers", "netns"] {
-            if let Ok(rd) = std::fs::read_dir(self.root.path().join(sub)) {
-                found.extend(
-                    rd.flatten()
-                        .map(|e| format!("{sub}/{}", e.file_name().to_string_lossy())),
-                );
+        let containers = self.root.path().join("containers");
+        let netns = self.run_dir().join("netns");
+        for dir in [containers, netns] {
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                found.extend(rd.flatten().map(|e| e.path().display().to_string()));
             }
         }
         found
+    }
+
+    /// Where this root keeps what lives only as long as the kernel: the
+    /// same rule as the binary's (`/run/skiff/<12 hex of sha256(root)>`).
+    pub fn run_dir(&self) -> PathBuf {
+        use sha2::Digest;
+        let root = std::fs::canonicalize(self.root.path()).expect("canonical root");
+        let hex: String = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Path::new("/run/skiff").join(&hex[..12])
     }
 }
 
@@ -137,6 +148,9 @@ impl Drop for Skiff {
                 let _ = self.cmd(&args).output();
             }
         }
+        // What lived on tmpfs for this root goes with it (a netns still
+        // mounted there makes this fail, and the leak shows in `leftovers`).
+        let _ = std::fs::remove_dir_all(self.run_dir());
     }
 }
 

@@ -1,0 +1,203 @@
+//! The CLI side of the control API: `deploy`, `services`, `describe`,
+//! `delete`, each one request over `$SKIFF_ROOT/skiff.sock`.
+
+use anyhow::{bail, Context as _, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use skiff_core::{ServiceName, ServiceSpec};
+
+use crate::cli::DeployArgs;
+use crate::context::Context;
+
+/// One request to the daemon; the JSON it answered, or its error as ours.
+fn call(ctx: &Context, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+    let sock = crate::serve::socket_path(ctx);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let stream = match tokio::net::UnixStream::connect(&sock).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                bail!(
+                    "skiff daemon not running on {}: start it with `skiff serve`",
+                    sock.display()
+                )
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot reach the skiff daemon on {}", sock.display())
+                })
+            }
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("the skiff daemon did not answer")?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "skiff")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("the skiff daemon did not answer")?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("the skiff daemon's answer broke off")?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the skiff daemon answered {status} without JSON"))?;
+        if !status.is_success() {
+            let why = value["error"].as_str().unwrap_or("no reason given");
+            bail!("{why}");
+        }
+        Ok(value)
+    })
+}
+
+pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
+    // Everything checked here first, so bad input never pulls an image.
+    let name = ServiceName::new(&args.name)?;
+    let mut spec = ServiceSpec {
+        image: args.image.clone(),
+        ..ServiceSpec::default()
+    };
+    if let Some(p) = args.port {
+        spec.port = p;
+    }
+    for e in &args.env {
+        let Some((k, v)) = e.split_once('=') else {
+            bail!("--env {e:?}: expected K=V");
+        };
+        spec.env.push((k.to_string(), v.to_string()));
+    }
+    spec.memory = args.memory;
+    spec.cpus_milli = args.cpus;
+    if let Some(c) = args.concurrency {
+        spec.concurrency = c;
+    }
+    if let Some(m) = args.min {
+        spec.min = m;
+    }
+    if let Some(m) = args.max {
+        spec.max = m;
+    }
+    if let Some(t) = args.timeout {
+        spec.timeout = t;
+    }
+    if let Some(t) = args.idle_timeout {
+        spec.idle_timeout = t;
+    }
+    spec.validate()?;
+    // The daemon must find the image when the first request comes.
+    crate::images::resolve_or_pull(ctx, &args.image)?;
+    let answer = call(
+        ctx,
+        Method::POST,
+        &format!("/v1/services/{name}/revisions"),
+        Some(serde_json::to_vec(&spec)?),
+    )?;
+    let rev = answer["revision"].as_str().unwrap_or("?");
+    println!("Service {name} deployed: revision {rev} takes all traffic");
+    if let Some(urls) = answer["urls"].as_array() {
+        for u in urls.iter().filter_map(|u| u.as_str()) {
+            println!("  {u}");
+        }
+    }
+    Ok(())
+}
+
+pub fn services(ctx: &Context, json: bool) -> Result<()> {
+    let answer = call(ctx, Method::GET, "/v1/services", None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    println!("{:<24}{:<28}{:<11}URL", "NAME", "REVISION", "INSTANCES");
+    for s in answer.as_array().into_iter().flatten() {
+        println!(
+            "{:<24}{:<28}{:<11}{}",
+            s["name"].as_str().unwrap_or(""),
+            s["revision"].as_str().unwrap_or("-"),
+            s["instances"].as_u64().unwrap_or(0),
+            s["urls"][0].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub fn describe(ctx: &Context, name: &str, json: bool) -> Result<()> {
+    let answer = call(
+        ctx,
+        Method::GET,
+        &format!("/v1/services/{}", path_seg(name)?),
+        None,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    println!("Service:   {}", answer["name"].as_str().unwrap_or(name));
+    for u in answer["urls"].as_array().into_iter().flatten() {
+        println!("URL:       {}", u.as_str().unwrap_or(""));
+    }
+    println!("Traffic:");
+    for t in answer["traffic"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>3}%  {}",
+            t["percent"].as_u64().unwrap_or(0),
+            t["revision"].as_str().unwrap_or("")
+        );
+    }
+    println!("Revisions:");
+    for r in answer["revisions"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<28}{:<10}{}",
+            r["name"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["spec"]["image"].as_str().unwrap_or("")
+        );
+    }
+    println!("Instances:");
+    for i in answer["instances"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<34}{:<22}{:<10}in flight {}",
+            i["name"].as_str().unwrap_or(""),
+            i["address"].as_str().unwrap_or(""),
+            i["state"].as_str().unwrap_or(""),
+            i["in_flight"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+pub fn delete(ctx: &Context, name: &str) -> Result<()> {
+    call(
+        ctx,
+        Method::DELETE,
+        &format!("/v1/services/{}", path_seg(name)?),
+        None,
+    )?;
+    println!("{name}");
+    Ok(())
+}
+
+/// A name as one path segment: a valid service name is one already.
+fn path_seg(name: &str) -> Result<String> {
+    Ok(ServiceName::new(name)?.to_string())
+}

@@ -1,0 +1,493 @@
+//! Instances of a revision: starting one (a container record, a bundle,
+//! a detached monitor running `crun run`, a TCP readiness probe), handing
+//! out leases on ready ones, and stopping them (SIGTERM, grace, SIGKILL).
+//!
+//! Each instance is an ordinary container (`skiff ps` lists it, named
+//! `REVISION-<5 hex>`) watched by its own `skiff __monitor` process, which
+//! records the exit and releases the rootfs, network and cgroup, and (the
+//! record being auto-remove) drops the record and the directory. The
+//! daemon is the monitor's parent: a blocking thread waits for it, so a
+//! crash takes the instance out of rotation at once.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use skiff_core::{RevisionName, RevisionStatus, ServiceSpec};
+use skiff_runtime::oci::OciRuntime;
+use skiff_state::{ContainerRecord, Status};
+use tokio::sync::{watch, Notify};
+
+use crate::container::{new_id, prepare, release, BundleOptions};
+use crate::context::Context;
+use crate::logs::now_ms;
+
+/// SIGTERM, then this long before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+/// How often readiness is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+const RUNTIME: &str = "crun";
+
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    pub addr: SocketAddr,
+    inflight: AtomicUsize,
+    /// Becomes true once the monitor (and so the container) has exited.
+    exited: watch::Receiver<bool>,
+}
+
+#[derive(Serialize)]
+pub struct InstanceInfo {
+    pub name: String,
+    pub id: String,
+    pub revision: String,
+    pub address: String,
+    pub state: &'static str,
+    pub in_flight: usize,
+}
+
+/// Why a request could not get an instance.
+pub enum Unavailable {
+    /// The revision no longer takes traffic (deleted or replaced).
+    Retired,
+    StartFailed(String),
+    Timeout(Duration),
+}
+
+/// One revision's instances and the requests waiting for them.
+pub struct Revision {
+    pub name: RevisionName,
+    pub spec: ServiceSpec,
+    root: Arc<PathBuf>,
+    pool: Mutex<Pool>,
+    /// Woken when an instance becomes ready, frees a slot, exits, or a start fails.
+    changed: Notify,
+    /// The database says `ready` (once an instance first passed readiness).
+    recorded_ready: AtomicBool,
+}
+
+struct Pool {
+    ready: Vec<Arc<Instance>>,
+    /// Out of rotation, on their way down.
+    stopping: Vec<Arc<Instance>>,
+    starting: usize,
+    /// Failed starts so far, and why the last one failed.
+    failures: u64,
+    last_error: String,
+    in_flight: usize,
+    last_request: Instant,
+    retired: bool,
+}
+
+/// A request's hold on an instance; dropping it frees the slot.
+pub struct Lease {
+    rev: Arc<Revision>,
+    pub instance: Arc<Instance>,
+    /// Set when the request waited for an instance to start.
+    pub cold: Option<Duration>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.instance.inflight.fetch_sub(1, Ordering::SeqCst);
+        {
+            let mut pool = self.rev.lock();
+            pool.in_flight -= 1;
+            pool.last_request = Instant::now();
+        }
+        self.rev.changed.notify_waiters();
+    }
+}
+
+impl Revision {
+    pub fn new(name: RevisionName, spec: ServiceSpec, root: Arc<PathBuf>) -> Arc<Revision> {
+        Arc::new(Revision {
+            name,
+            spec,
+            root,
+            pool: Mutex::new(Pool {
+                ready: Vec::new(),
+                stopping: Vec::new(),
+                starting: 0,
+                failures: 0,
+                last_error: String::new(),
+                in_flight: 0,
+                last_request: Instant::now(),
+                retired: false,
+            }),
+            changed: Notify::new(),
+            recorded_ready: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        // A panic while holding the lock leaves plain counters behind: keep going.
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A lease on the ready instance with the fewest requests in flight and
+    /// room for one more; without one, starts an instance (one start at a
+    /// time, up to `max`) and waits, at most the service timeout.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Unavailable> {
+        let began = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.spec.timeout;
+        let cap = self.spec.concurrency as usize;
+        let mut seen_failures = None;
+        let mut waited_for_start = false;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut pool = self.lock();
+                if pool.retired {
+                    return Err(Unavailable::Retired);
+                }
+                let seen = *seen_failures.get_or_insert(pool.failures);
+                if pool.failures > seen {
+                    return Err(Unavailable::StartFailed(pool.last_error.clone()));
+                }
+                let best = pool
+                    .ready
+                    .iter()
+                    .filter(|i| cap == 0 || i.inflight.load(Ordering::SeqCst) < cap)
+                    .min_by_key(|i| i.inflight.load(Ordering::SeqCst))
+                    .cloned();
+                if let Some(instance) = best {
+                    instance.inflight.fetch_add(1, Ordering::SeqCst);
+                    pool.in_flight += 1;
+                    pool.last_request = Instant::now();
+                    return Ok(Lease {
+                        rev: self.clone(),
+                        instance,
+                        cold: waited_for_start.then(|| began.elapsed()),
+                    });
+                }
+                let max = self.spec.max as usize;
+                if pool.starting == 0 && (max == 0 || pool.ready.len() < max) {
+                    pool.starting += 1;
+                    tokio::spawn(start(self.clone()));
+                }
+                // Waiting for a start is a cold start; waiting for a busy
+                // instance to free a slot is queueing.
+                waited_for_start |= pool.starting > 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Unavailable::Timeout(self.spec.timeout));
+            }
+        }
+    }
+
+    /// Keeps `min` instances up (one start at a time).
+    pub fn ensure_min(self: &Arc<Self>) {
+        let mut pool = self.lock();
+        if !pool.retired
+            && pool.starting == 0
+            && pool.ready.len() < self.spec.min as usize
+            && pool.failures == 0
+        {
+            pool.starting += 1;
+            tokio::spawn(start(self.clone()));
+        }
+    }
+
+    /// Scale to zero: with `min` 0, no request in flight and none for the
+    /// idle timeout, every ready instance leaves rotation and is stopped.
+    pub fn scale_to_zero(self: &Arc<Self>, now: Instant) {
+        let idle = {
+            let mut pool = self.lock();
+            if self.spec.min > 0
+                || pool.in_flight > 0
+                || pool.starting > 0
+                || pool.ready.is_empty()
+                || now.duration_since(pool.last_request) < self.spec.idle_timeout
+            {
+                return;
+            }
+            let idle = std::mem::take(&mut pool.ready);
+            pool.stopping.extend(idle.iter().cloned());
+            idle
+        };
+        for inst in idle {
+            tracing::info!(instance = %inst.name, "idle: stopping");
+            tokio::spawn(stop(self.root.clone(), inst));
+        }
+    }
+
+    /// Takes the revision out of service: waiting requests fail, every
+    /// instance is stopped; returns once all have exited.
+    pub async fn retire(self: &Arc<Self>) {
+        let all: Vec<Arc<Instance>> = {
+            let mut pool = self.lock();
+            pool.retired = true;
+            let ready = std::mem::take(&mut pool.ready);
+            pool.stopping.extend(ready);
+            pool.stopping.clone()
+        };
+        self.changed.notify_waiters();
+        let stops: Vec<_> = all
+            .into_iter()
+            .map(|i| tokio::spawn(stop(self.root.clone(), i)))
+            .collect();
+        for s in stops {
+            let _ = s.await;
+        }
+        // A start still under way sees `retired` when it finishes and stops its instance.
+        while self.lock().starting > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        let pool = self.lock();
+        let info = |i: &Arc<Instance>, state| InstanceInfo {
+            name: i.name.clone(),
+            id: i.id.clone(),
+            revision: self.name.to_string(),
+            address: i.addr.to_string(),
+            state,
+            in_flight: i.inflight.load(Ordering::SeqCst),
+        };
+        let mut out: Vec<InstanceInfo> = pool.ready.iter().map(|i| info(i, "ready")).collect();
+        out.extend(pool.stopping.iter().map(|i| info(i, "stopping")));
+        out
+    }
+
+    pub fn ready_count(&self) -> usize {
+        self.lock().ready.len()
+    }
+
+    /// The instance left (crashed, or was stopped): out of every list.
+    fn forget(&self, inst: &Arc<Instance>) {
+        let crashed = {
+            let mut pool = self.lock();
+            let before = pool.ready.len();
+            pool.ready.retain(|i| !Arc::ptr_eq(i, inst));
+            pool.stopping.retain(|i| !Arc::ptr_eq(i, inst));
+            pool.ready.len() != before
+        };
+        if crashed {
+            tracing::warn!(instance = %inst.name, "instance exited; out of rotation");
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// Starts one instance and puts it in rotation once it is ready. The start
+/// counts as under way until an instance that came up for a revision
+/// retired meanwhile is stopped again, so `retire` waits for it.
+async fn start(rev: Arc<Revision>) {
+    let t0 = Instant::now();
+    let result = launch(&rev).await;
+    let retired = rev.lock().retired;
+    if let (true, Ok(inst)) = (retired, &result) {
+        stop(rev.root.clone(), inst.clone()).await;
+    }
+    let mut ready = false;
+    {
+        let mut pool = rev.lock();
+        pool.starting -= 1;
+        match result {
+            Ok(_) if retired => {}
+            Ok(inst) => {
+                tracing::info!(instance = %inst.name, ms = t0.elapsed().as_millis() as u64, "instance ready");
+                pool.ready.push(inst.clone());
+                ready = true;
+                tokio::spawn(watch_exit(rev.clone(), inst));
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(revision = %rev.name, "instance failed to start: {why}");
+                pool.failures += 1;
+                pool.last_error = why;
+            }
+        }
+    }
+    rev.changed.notify_waiters();
+    if ready && !rev.recorded_ready.swap(true, Ordering::SeqCst) {
+        let r = rev.clone();
+        tokio::task::spawn_blocking(move || {
+            let ctx = Context::new(r.root.to_path_buf());
+            let done = ctx
+                .state()
+                .and_then(|st| Ok(st.set_revision_status(&r.name, RevisionStatus::Ready, None)?));
+            if let Err(e) = done {
+                tracing::warn!(revision = %r.name, "cannot record readiness: {e:#}");
+            }
+        });
+    }
+}
+
+async fn watch_exit(rev: Arc<Revision>, inst: Arc<Instance>) {
+    let mut rx = inst.exited.clone();
+    let _ = rx.wait_for(|e| *e).await;
+    rev.forget(&inst);
+}
+
+/// Creates and starts the container, then probes its port until it accepts
+/// a connection, it exits, or the service timeout passes.
+async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
+    let r = rev.clone();
+    let (id, name, ip, child) = tokio::task::spawn_blocking(move || create(&r.root, &r))
+        .await
+        .context("instance start panicked")??;
+    let (tx, exited) = watch::channel(false);
+    tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        let _ = child.wait();
+        let _ = tx.send(true);
+    });
+    let addr = SocketAddr::from((ip, rev.spec.port));
+    let inst = Arc::new(Instance {
+        id,
+        name,
+        addr,
+        inflight: AtomicUsize::new(0),
+        exited,
+    });
+    let deadline = Instant::now() + rev.spec.timeout;
+    loop {
+        if *inst.exited.borrow() {
+            anyhow::bail!(
+                "instance {} exited before anything listened on port {}",
+                inst.name,
+                rev.spec.port
+            );
+        }
+        let probe = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        );
+        if let Ok(Ok(_)) = probe.await {
+            return Ok(inst);
+        }
+        if rev.lock().retired {
+            stop(rev.root.clone(), inst).await;
+            anyhow::bail!("revision {} was retired while it started", rev.name);
+        }
+        if Instant::now() >= deadline {
+            let why = format!(
+                "instance {} did not listen on port {} within {:?}",
+                inst.name, rev.spec.port, rev.spec.timeout
+            );
+            stop(rev.root.clone(), inst).await;
+            anyhow::bail!(why);
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// The blocking half of a start: record, bundle, monitor.
+fn create(root: &Path, rev: &Revision) -> Result<(String, String, Ipv4Addr, Child)> {
+    let ctx = Context::new(root.to_path_buf());
+    let spec = &rev.spec;
+    let image = crate::images::resolve_or_pull(&ctx, &spec.image)?;
+    let id = new_id()?;
+    let name = format!("{}-{}", rev.name, &id[..5]);
+    let runtime = OciRuntime::new(RUNTIME, ctx.runtime_state_dir(RUNTIME))?;
+    let command = spec.command.clone().unwrap_or_default();
+    let record = ContainerRecord {
+        id: id.clone(),
+        name: name.clone(),
+        image: spec.image.clone(),
+        image_id: image.id.to_string(),
+        command: command.clone(),
+        created_ms: now_ms(),
+        status: Status::Created,
+        pid: None,
+        monitor_pid: Some(std::process::id() as i32),
+        exit_code: None,
+        finished_ms: None,
+        ip: None,
+        ports: Vec::new(),
+        auto_remove: true,
+        runtime: RUNTIME.to_string(),
+    };
+    let state = ctx.state()?;
+    state.insert_container(&record)?;
+    let undo = |e: anyhow::Error| {
+        let _ = runtime.kill(&id, libc::SIGKILL, true);
+        release(&ctx, &id, &runtime, true);
+        e
+    };
+    let service = rev.name.service().to_string();
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("PORT={}", spec.port));
+    env.push(format!("K_SERVICE={service}"));
+    env.push(format!("K_REVISION={}", rev.name));
+    env.push(format!("K_CONFIGURATION={service}"));
+    let opts = BundleOptions {
+        network: "bridge".to_string(),
+        entrypoint: None,
+        command,
+        workdir: None,
+        user: None,
+        memory: spec.memory,
+        cpus: spec.cpus_milli,
+        pids_limit: None,
+    };
+    let prepared = prepare(&ctx, &record, &image, &opts, env, Vec::new()).map_err(undo)?;
+    let ip = prepared
+        .ip
+        .context("the bridge network gave the instance no address")
+        .map_err(undo)?;
+    state
+        .set_prepared(&id, Some(&ip.to_string()), &prepared.command)
+        .map_err(|e| undo(e.into()))?;
+    let child = crate::monitor::spawn_detached(&ctx, &record, Vec::new()).map_err(undo)?;
+    Ok((id, name, ip, child))
+}
+
+/// Lets requests in flight finish (at most the service timeout is not
+/// known here: a minute), then SIGTERM, the grace period, SIGKILL.
+pub async fn stop(root: Arc<PathBuf>, inst: Arc<Instance>) {
+    let drain_until = Instant::now() + Duration::from_secs(60);
+    while inst.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut rx = inst.exited.clone();
+    signal(&root, &inst.id, libc::SIGTERM, false).await;
+    if tokio::time::timeout(GRACE, rx.wait_for(|e| *e))
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    tracing::warn!(instance = %inst.name, "no exit {GRACE:?} after SIGTERM: killing");
+    signal(&root, &inst.id, libc::SIGKILL, true).await;
+    if tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| *e))
+        .await
+        .is_err()
+    {
+        // The monitor is stuck: release what the container holds ourselves.
+        let (root, id) = (root.clone(), inst.id.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let ctx = Context::new(root.to_path_buf());
+            if let Ok(rt) = OciRuntime::new(RUNTIME, ctx.runtime_state_dir(RUNTIME)) {
+                release(&ctx, &id, &rt, true);
+            }
+        })
+        .await;
+    }
+}
+
+async fn signal(root: &Arc<PathBuf>, id: &str, sig: i32, all: bool) {
+    let (root, id) = (root.clone(), id.to_string());
+    let _ = tokio::task::spawn_blocking(move || {
+        let ctx = Context::new(root.to_path_buf());
+        match OciRuntime::new(RUNTIME, ctx.runtime_state_dir(RUNTIME)) {
+            // Already on its way out: a failed signal is fine.
+            Ok(rt) => {
+                let _ = rt.kill(&id, sig, all);
+            }
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    })
+    .await;
+}

@@ -1,0 +1,355 @@
+//! `skiff serve`: the daemon. It owns the in-memory routing table (service
+//! → the revision taking its traffic) and each revision's instances; the
+//! state database owns services, revisions and traffic, so a restarted
+//! daemon routes again what was deployed.
+//!
+//! - `api`: the control API (HTTP/1.1 JSON on `$SKIFF_ROOT/skiff.sock`)
+//! - `gateway`: routing, the activator wait, the reverse proxy
+//! - `instances`: starting, leasing and stopping a revision's instances
+
+mod api;
+mod gateway;
+pub mod instances;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use skiff_core::{ServiceName, TrafficTarget};
+
+use crate::context::{require_root, Context};
+use instances::Revision;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How often idle instances are looked for.
+const TICK: Duration = Duration::from_millis(250);
+/// A client must send its request head within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Daemon {
+    pub root: Arc<PathBuf>,
+    pub gateway: SocketAddr,
+    /// Service name → the revision taking its traffic.
+    routes: Mutex<HashMap<String, Arc<Revision>>>,
+    /// Deploys and deletes one at a time, so the table follows the database's order.
+    changes: tokio::sync::Mutex<()>,
+    client: Client<HttpConnector, Body>,
+    cold_starts: AtomicU64,
+}
+
+impl Daemon {
+    fn route(&self, service: &str) -> Option<Arc<Revision>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+            .cloned()
+    }
+
+    fn set_route(&self, service: &str, rev: Option<Arc<Revision>>) -> Option<Arc<Revision>> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        match rev {
+            Some(r) => routes.insert(service.to_string(), r),
+            None => routes.remove(service),
+        }
+    }
+
+    fn revisions(&self) -> Vec<Arc<Revision>> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.values().cloned().collect()
+    }
+}
+
+pub fn socket_path(ctx: &Context) -> PathBuf {
+    ctx.root.join("skiff.sock")
+}
+
+pub fn serve(ctx: &Context, gateway: SocketAddr, admin: SocketAddr) -> Result<u8> {
+    require_root("skiff serve")?;
+    // Creates the data directory and the database before anything listens.
+    ctx.state()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(ctx, gateway, admin));
+    // Every instance has been stopped; nothing left worth waiting for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) -> Result<u8> {
+    let sock = socket_path(ctx);
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        bail!(
+            "another skiff daemon is serving {} (it answers on {})",
+            ctx.root.display(),
+            sock.display()
+        );
+    }
+    match std::fs::remove_file(&sock) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e)
+                .with_context(|| format!("cannot remove the stale socket {}", sock.display()))
+        }
+        _ => {}
+    }
+    let gateway = tokio::net::TcpListener::bind(gateway_addr)
+        .await
+        .with_context(|| format!("cannot listen on {gateway_addr} (--gateway)"))?;
+    let admin = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {admin_addr} (--admin)"))?;
+    let control = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("cannot listen on {}", sock.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", sock.display()))?;
+    }
+
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    let daemon = Arc::new(Daemon {
+        root: Arc::new(ctx.root.clone()),
+        gateway: gateway.local_addr()?,
+        routes: Mutex::new(HashMap::new()),
+        changes: tokio::sync::Mutex::new(()),
+        client,
+        cold_starts: AtomicU64::new(0),
+    });
+    load_routes(&daemon).await?;
+
+    let tasks = [
+        tokio::spawn(accept_tcp(gateway, daemon.clone(), gateway::handle)),
+        tokio::spawn(accept_tcp(admin, daemon.clone(), admin_handle)),
+        tokio::spawn(accept_unix(control, daemon.clone())),
+        tokio::spawn(autoscale(daemon.clone())),
+    ];
+    eprintln!(
+        "skiff: serving {} — gateway http://{}/ , admin http://{}/metrics , control {}",
+        ctx.root.display(),
+        daemon.gateway,
+        admin_addr,
+        sock.display()
+    );
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down: stopping every instance");
+    for t in &tasks {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&sock);
+    let stops: Vec<_> = daemon
+        .revisions()
+        .into_iter()
+        .map(|r| tokio::spawn(async move { r.retire().await }))
+        .collect();
+    for s in stops {
+        let _ = s.await;
+    }
+    Ok(0)
+}
+
+/// The serving revision of every service in the database.
+async fn load_routes(daemon: &Arc<Daemon>) -> Result<()> {
+    let root = daemon.root.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<Vec<_>> {
+        let ctx = Context::new(root.to_path_buf());
+        let state = ctx.state()?;
+        let mut found = Vec::new();
+        for svc in state.list_services()? {
+            let traffic = state.traffic(&svc.name)?;
+            let Some(target) = traffic.iter().max_by_key(|t| t.percent) else {
+                continue;
+            };
+            if let Some(rev) = state.get_revision(&target.revision)? {
+                found.push((svc.name, rev));
+            }
+        }
+        Ok(found)
+    })
+    .await??;
+    for (name, rev) in found {
+        let r = Revision::new(rev.name, rev.spec, daemon.root.clone());
+        daemon.set_route(name.as_str(), Some(r));
+    }
+    Ok(())
+}
+
+/// Scale to zero after the idle timeout; keep `min` instances up.
+async fn autoscale(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        for rev in daemon.revisions() {
+            rev.scale_to_zero(now);
+            rev.ensure_min();
+        }
+    }
+}
+
+type Handler = fn(
+    Arc<Daemon>,
+    SocketAddr,
+    Request<Incoming>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
+
+async fn accept_tcp(listener: tokio::net::TcpListener, daemon: Arc<Daemon>, handler: Handler) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let fut = handler(d.clone(), peer, req);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}
+
+async fn accept_unix(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let d = d.clone();
+                async move { Ok::<_, Infallible>(api::handle(d, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+}
+
+/// `/metrics` (Prometheus text) and `/healthz`.
+fn admin_handle(
+    daemon: Arc<Daemon>,
+    _peer: SocketAddr,
+    req: Request<Incoming>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
+    Box::pin(async move {
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
+            "/metrics" => {
+                let mut out = String::new();
+                out.push_str("# HELP skiff_instances Ready instances by revision.\n");
+                out.push_str("# TYPE skiff_instances gauge\n");
+                for rev in daemon.revisions() {
+                    out.push_str(&format!(
+                        "skiff_instances{{service=\"{}\",revision=\"{}\"}} {}\n",
+                        rev.name.service(),
+                        rev.name,
+                        rev.ready_count()
+                    ));
+                }
+                out.push_str("# HELP skiff_cold_starts_total Requests that waited for an instance to start.\n");
+                out.push_str("# TYPE skiff_cold_starts_total counter\n");
+                out.push_str(&format!(
+                    "skiff_cold_starts_total {}\n",
+                    daemon.cold_starts.load(Ordering::Relaxed)
+                ));
+                text(StatusCode::OK, out)
+            }
+            _ => json_error(StatusCode::NOT_FOUND, "not found: try /metrics"),
+        }
+    })
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn json_error(status: StatusCode, why: impl std::fmt::Display) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": why.to_string() }))
+}
+
+/// The whole split to the one new revision.
+fn all_traffic_to(rev: &skiff_core::RevisionName) -> Vec<TrafficTarget> {
+    vec![TrafficTarget {
+        revision: rev.clone(),
+        percent: 100,
+        tag: None,
+    }]
+}
+
+fn service_name(s: &str) -> Option<ServiceName> {
+    ServiceName::new(s).ok()
+}

@@ -1,0 +1,234 @@
+//! `skiff serve` + `deploy`: a real daemon, real crun, the demo image.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, Skiff};
+
+/// The daemon, stopped (SIGTERM, then SIGKILL) however the test ends.
+struct Daemon {
+    child: Child,
+    gateway: u16,
+}
+
+impl Daemon {
+    fn start(s: &Skiff) -> Daemon {
+        let gateway = free_port();
+        let admin = free_port();
+        let child = s
+            .cmd(&[
+                "serve",
+                "--gateway",
+                &format!("127.0.0.1:{gateway}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn skiff serve");
+        let sock = s.root.path().join("skiff.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(sock.exists() && TcpStream::connect(("127.0.0.1", gateway)).is_ok()) {
+            assert!(Instant::now() < deadline, "the daemon did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { child, gateway }
+    }
+
+    /// SIGTERM; true if it exited within `timeout`.
+    fn terminate(&mut self, timeout: Duration) -> bool {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return true;
+        }
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !self.terminate(Duration::from_secs(15)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Status, head (lowercased) and body of a GET with a Host header.
+fn get(port: u16, host: &str, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read the response");
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn instances(s: &Skiff, name: &str) -> usize {
+    let out = s.ok(&["describe", name, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("describe --json is JSON");
+    v["instances"].as_array().map_or(0, |a| a.len())
+}
+
+#[test]
+fn deploy_route_scale_to_zero_delete() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+
+    // Without a daemon: one clear line.
+    let e = s.fails(&["services"]);
+    assert!(e.contains("skiff daemon not running"), "{e}");
+
+    let mut d = Daemon::start(&s);
+    let gw = d.gateway;
+
+    // Bad input: one line, nothing created.
+    let e = s.fails(&["deploy", "Bad_Name", "--image", img]);
+    assert!(e.contains("Bad_Name"), "{e}");
+    let e = s.fails(&[
+        "deploy", "hello", "--image", img, "--min", "5", "--max", "2",
+    ]);
+    assert!(e.contains("min"), "{e}");
+    let e = s.fails(&["deploy", "hello", "--image", "localhost:1/nope:latest"]);
+    assert!(!e.is_empty());
+    assert_eq!(s.ok(&["services", "--json"]).trim(), "[]");
+
+    s.ok(&[
+        "deploy",
+        "hello",
+        "--image",
+        img,
+        "--port",
+        "8080",
+        "--idle-timeout",
+        "2s",
+        "--timeout",
+        "20s",
+    ]);
+    let list = s.ok(&["services"]);
+    assert!(list.contains("hello-00001"), "{list}");
+
+    // Cold start by host, then warm by path (prefix stripped).
+    let (code, head, body) = get(gw, &format!("hello.localhost:{gw}"), "/");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(body.contains("Hello from Skiff"), "{body}");
+    assert!(head.contains("x-skiff-cold-start:"), "{head}");
+    let (code, head, body) = get(gw, "127.0.0.1", "/hello/");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(body.contains("Hello from Skiff"), "{body}");
+    assert!(!head.contains("x-skiff-cold-start"), "{head}");
+
+    let desc = s.ok(&["describe", "hello", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&desc).unwrap();
+    assert_eq!(v["revisions"][0]["name"], "hello-00001", "{desc}");
+    assert_eq!(v["traffic"][0]["percent"], 100, "{desc}");
+    let inst = &v["instances"][0];
+    assert!(
+        inst["address"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(":8080")),
+        "{desc}"
+    );
+    assert!(
+        inst["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("hello-00001-")),
+        "{desc}"
+    );
+    // The instance is an ordinary container.
+    assert!(s.ok(&["ps"]).contains("hello-00001-"));
+
+    // Idle for 2 s: scaled to zero soon after.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while instances(&s, "hello") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "not scaled to zero: {}",
+            s.ok(&["describe", "hello"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And back on the next request.
+    let (code, head, body) = get(gw, &format!("hello.localhost:{gw}"), "/");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(head.contains("x-skiff-cold-start:"), "{head}");
+
+    // Unknown service: 404 JSON.
+    let (code, head, body) = get(gw, "nope.localhost", "/");
+    assert_eq!(code, 404, "{head}\n{body}");
+    assert!(head.contains("application/json"), "{head}");
+    assert!(body.contains("\"error\""), "{body}");
+
+    // An image that serves nothing (busybox's sh exits at once): 503 JSON saying why.
+    let bb = s.load_busybox();
+    s.ok(&["deploy", "broken", "--image", bb, "--timeout", "10s"]);
+    let (code, head, body) = get(gw, "broken.localhost", "/");
+    assert_eq!(code, 503, "{head}\n{body}");
+    assert!(body.contains("no instance could start"), "{body}");
+    s.ok(&["delete", "broken"]);
+
+    // Delete: stops the instances, 404 after, nothing left behind.
+    s.ok(&["delete", "hello"]);
+    let (code, _, _) = get(gw, "127.0.0.1", "/hello/");
+    assert_eq!(code, 404);
+    let e = s.fails(&["describe", "hello"]);
+    assert!(e.contains("no service"), "{e}");
+    assert_eq!(s.ok(&["ps", "-aq"]).trim(), "");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+
+    // A second daemon on the same root is refused.
+    let out = s.run(&[
+        "serve",
+        "--gateway",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another skiff daemon"));
+
+    // SIGTERM: instances stopped, socket gone.
+    s.ok(&["deploy", "hello", "--image", img, "--min", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while instances(&s, "hello") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "--min 1 never started an instance"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        d.terminate(Duration::from_secs(15)),
+        "the daemon ignored SIGTERM"
+    );
+    assert!(!s.root.path().join("skiff.sock").exists());
+    assert_eq!(s.ok(&["ps", "-aq"]).trim(), "");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+
+    // A new daemon serves what was deployed.
+    let d = Daemon::start(&s);
+    let (code, head, body) = get(d.gateway, "127.0.0.1", "/hello/");
+    assert_eq!(code, 200, "{head}\n{body}");
+    s.ok(&["delete", "hello"]);
+    assert_eq!(s.ok(&["ps", "-aq"]).trim(), "");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}
