@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Sets Skiff up on this machine and runs its main job: builds the binary,
-# makes the demo image (busybox httpd, no container tool needed), loads it
-# and runs it detached with its port published on 127.0.0.1.
+# makes the demo image (busybox httpd, no container tool needed), starts
+# the daemon (`skiff serve`, gateway on 127.0.0.1:8080) if it is not
+# running, deploys the demo as a service and fetches it through the
+# gateway: the first request cold-starts an instance, which goes away
+# again after the idle timeout. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,17 +12,27 @@ bash scripts/deps.sh
 cargo build --release --locked -p skiff
 install -m 0755 target/release/skiff /usr/local/bin/skiff
 
-demo_port=${SKIFF_DEMO_PORT:-8088}
+gateway=${SKIFF_GATEWAY:-127.0.0.1:8080}
+admin=${SKIFF_ADMIN:-127.0.0.1:8081}
+root=${SKIFF_ROOT:-/var/lib/skiff}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 scripts/mkimage.py --demo --gzip --format oci --name localhost/skiff-demo:latest "$tmp/demo.tar"
 skiff load -i "$tmp/demo.tar"
-skiff rm -f skiff-demo >/dev/null 2>&1 || true
-skiff run -d --name skiff-demo -p "127.0.0.1:$demo_port:8080" localhost/skiff-demo:latest
-for _ in $(seq 1 50); do
-  curl -fsS "http://127.0.0.1:$demo_port/" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$demo_port/"
+
+if ! skiff services >/dev/null 2>&1; then
+  mkdir -p "$root"
+  # The daemon outlives this script; its log stays in the data directory.
+  setsid skiff serve --gateway "$gateway" --admin "$admin" >>"$root/serve.log" 2>&1 </dev/null &
+  for _ in $(seq 1 100); do
+    skiff services >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  skiff services >/dev/null || { tail -5 "$root/serve.log" >&2; exit 1; }
+fi
+skiff deploy demo --image localhost/skiff-demo:latest --port 8080 --idle-timeout 60s
+curl -fsS -D "$tmp/headers" -H 'Host: demo.localhost' "http://$gateway/"
+grep -i '^x-skiff-cold-start' "$tmp/headers" || true
 echo
-echo "skiff is set up: the demo container answers on http://127.0.0.1:$demo_port/ (skiff ps; skiff logs skiff-demo; skiff rm -f skiff-demo)"
+echo "skiff is set up: the daemon serves the demo at http://demo.localhost:${gateway##*:}/ and http://$gateway/demo/"
+echo "(skiff services; skiff describe demo; skiff ps; metrics on http://$admin/metrics)"

@@ -322,9 +322,12 @@ pub fn spawn_detached(
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let wr_fd = wr.as_raw_fd();
     let listen_fds: Vec<RawFd> = listeners.iter().map(|(l, _)| l.as_raw_fd()).collect();
-    let exe = std::env::current_exe().context("cannot find the skiff executable")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--root")
+    // The running binary itself, not its path: a long-running daemon whose
+    // file was replaced by an upgrade (or deleted) still starts monitors,
+    // and they are always the daemon's own version.
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("skiff")
+        .arg("--root")
         .arg(&ctx.root)
         .arg("__monitor")
         .arg(&record.id)
