@@ -1,5 +1,5 @@
-//! Containers started by `skiff run`: one row each, from creation until
-//! `skiff rm` (or exit, with `--rm`).
+//! Containers started by `skiff run` or by the serving daemon: one row
+//! each, from creation until `skiff rm` (or exit, with `--rm`).
 
 use rusqlite::{params, OptionalExtension, Row};
 
@@ -48,15 +48,21 @@ pub struct ContainerRecord {
     pub ports: Vec<skiff_core::PortMapping>,
     pub auto_remove: bool,
     pub runtime: String,
+    /// Who started it: `None` for `skiff run`, [`OWNER_SERVE`] for an instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
+
+/// The owner of the serving daemon's instances.
+pub const OWNER_SERVE: &str = "serve";
 
 impl State {
     /// Inserts a new container; its name must be free.
     pub fn insert_container(&self, c: &ContainerRecord) -> Result<(), StateError> {
         let res = self.conn.execute(
             "INSERT INTO containers (id, name, image, image_id, command, created_ms, status, pid,
-                monitor_pid, exit_code, finished_ms, ip, ports, auto_remove, runtime)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                monitor_pid, exit_code, finished_ms, ip, ports, auto_remove, runtime, owner)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 c.id,
                 c.name,
@@ -73,6 +79,7 @@ impl State {
                 to_json(&c.ports),
                 c.auto_remove,
                 c.runtime,
+                c.owner,
             ],
         );
         match res {
@@ -164,6 +171,20 @@ impl State {
         rows.into_iter().collect()
     }
 
+    /// The containers `owner` started, oldest first.
+    pub fn list_containers_owned_by(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<ContainerRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM containers WHERE owner = ?1 ORDER BY created_ms")?;
+        let rows: Vec<_> = stmt
+            .query_map(params![owner], |r| Ok(read_row(r)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter().collect()
+    }
+
     /// Image ids that some container (running or not) was made from:
     /// those images must not be removed.
     pub fn image_ids_in_use(&self) -> Result<Vec<String>, StateError> {
@@ -202,6 +223,7 @@ fn read_row(r: &Row<'_>) -> Result<ContainerRecord, StateError> {
         ports: serde_json::from_str(&ports).map_err(|e| corrupt("ports", e.to_string()))?,
         auto_remove: r.get("auto_remove")?,
         runtime: r.get("runtime")?,
+        owner: r.get("owner")?,
         id,
     })
 }
@@ -227,6 +249,7 @@ mod tests {
             ports: vec![skiff_core::parse_port_mapping("8080:80").unwrap()],
             auto_remove: false,
             runtime: "crun".into(),
+            owner: None,
         }
     }
 
@@ -292,6 +315,16 @@ mod tests {
             (c.status, c.exit_code, c.pid),
             (Status::Exited, Some(137), None)
         );
+
+        // Only the daemon's instances carry an owner.
+        let mut inst = record("0123456789", "hello-00001-01234");
+        inst.owner = Some(OWNER_SERVE.into());
+        s.insert_container(&inst).unwrap();
+        let owned = s.list_containers_owned_by(OWNER_SERVE).unwrap();
+        assert_eq!(owned.len(), 1);
+        assert_eq!(owned[0].owner.as_deref(), Some(OWNER_SERVE));
+        assert_eq!(s.find_container("web").unwrap().unwrap().owner, None);
+        assert!(s.remove_container("0123456789").unwrap());
 
         // Reopening keeps the data and does not re-run migrations.
         drop(s);

@@ -16,7 +16,7 @@ use rusqlite::Connection;
 mod containers;
 mod services;
 
-pub use containers::{ContainerRecord, Status};
+pub use containers::{ContainerRecord, Status, OWNER_SERVE};
 pub use services::{RevisionRecord, ServiceRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +101,11 @@ CREATE TABLE traffic (
     tag      TEXT,
     PRIMARY KEY (service, revision)
 );
+"#,
+    // Who started a container: NULL for `skiff run`, 'serve' for the
+    // serving daemon's instances (which a restarted daemon cleans up).
+    r#"
+ALTER TABLE containers ADD COLUMN owner TEXT;
 "#,
 ];
 

@@ -76,6 +76,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         ports: args.publish.clone(),
         auto_remove: args.rm,
         runtime: args.runtime.clone(),
+        owner: None,
     };
     let state = ctx.state()?;
     state.insert_container(&record)?;

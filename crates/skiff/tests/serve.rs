@@ -57,6 +57,14 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGKILL, as a crash would: nothing gets to clean up.
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL the daemon");
+        self.child.wait().expect("reap the daemon");
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if !self.terminate(Duration::from_secs(15)) {
@@ -229,6 +237,46 @@ fn deploy_route_scale_to_zero_delete() {
     let (code, head, body) = get(d.gateway, "127.0.0.1", "/hello/");
     assert_eq!(code, 200, "{head}\n{body}");
     s.ok(&["delete", "hello"]);
+    assert_eq!(s.ok(&["ps", "-aq"]).trim(), "");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}
+
+/// kill -9 of the daemon leaves its instances running (their monitors have
+/// their own sessions); the next daemon on the root removes them, then serves.
+#[test]
+fn restart_after_sigkill_cleans_stale_instances() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let mut d = Daemon::start(&s);
+    s.ok(&[
+        "deploy", "hello", "--image", img, "--port", "8080", "--min", "1",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while instances(&s, "hello") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "--min 1 never started an instance"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let desc = s.ok(&["describe", "hello", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&desc).unwrap();
+    let old = v["instances"][0]["name"].as_str().unwrap().to_string();
+
+    d.kill9();
+    // The instance outlives the daemon, still running.
+    let ps = s.ok(&["ps"]);
+    assert!(ps.contains(&old), "{ps}");
+
+    let d = Daemon::start(&s);
+    let ps = s.ok(&["ps", "-a"]);
+    assert!(!ps.contains(&old), "{old} survived the restart:\n{ps}");
+    let (code, head, body) = get(d.gateway, "127.0.0.1", "/hello/");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(body.contains("Hello from Skiff"), "{body}");
+
+    s.ok(&["delete", "hello"]);
+    drop(d);
     assert_eq!(s.ok(&["ps", "-aq"]).trim(), "");
     assert_eq!(s.leftovers(), Vec::<String>::new());
 }

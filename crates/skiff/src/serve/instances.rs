@@ -8,6 +8,11 @@
 //! record being auto-remove) drops the record and the directory. The
 //! daemon is the monitor's parent: a blocking thread waits for it, so a
 //! crash takes the instance out of rotation at once.
+//!
+//! Instance records are marked with the owner `serve`. Monitors run in
+//! their own sessions, so instances outlive a daemon that was killed;
+//! the next daemon on the root removes them before it serves
+//! (`clean_stale`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -20,10 +25,10 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use skiff_core::{RevisionName, RevisionStatus, ServiceSpec};
 use skiff_runtime::oci::OciRuntime;
-use skiff_state::{ContainerRecord, Status};
+use skiff_state::{ContainerRecord, Status, OWNER_SERVE};
 use tokio::sync::{watch, Notify};
 
-use crate::container::{new_id, prepare, release, BundleOptions};
+use crate::container::{new_id, prepare, process_alive, release, BundleOptions};
 use crate::context::Context;
 use crate::logs::now_ms;
 
@@ -408,6 +413,7 @@ fn create(root: &Path, rev: &Revision) -> Result<(String, String, Ipv4Addr, Chil
         ports: Vec::new(),
         auto_remove: true,
         runtime: RUNTIME.to_string(),
+        owner: Some(OWNER_SERVE.to_string()),
     };
     let state = ctx.state()?;
     state.insert_container(&record)?;
@@ -490,4 +496,40 @@ async fn signal(root: &Arc<PathBuf>, id: &str, sig: i32, all: bool) {
         }
     })
     .await;
+}
+
+/// Removes every instance a previous daemon on this root left behind (it
+/// was killed, so it could not stop them): SIGKILL each, wait for its
+/// monitor to exit (the record being auto-remove, the monitor releases
+/// everything and drops it), and release what is still held when the
+/// monitor is gone or stuck. Call it only while no other daemon serves the
+/// root. Returns how many were found.
+pub fn clean_stale(ctx: &Context) -> Result<usize> {
+    let state = ctx.state()?;
+    let stale = state.list_containers_owned_by(OWNER_SERVE)?;
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let runtime = OciRuntime::new(RUNTIME, ctx.runtime_state_dir(RUNTIME))?;
+    for c in &stale {
+        tracing::warn!(instance = %c.name, "left by a previous daemon: stopping it");
+        // Already gone (or never started): a failed kill is fine.
+        let _ = runtime.kill(&c.id, libc::SIGKILL, true);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for c in &stale {
+        // The pid read before the kill: once the exit is recorded the
+        // record no longer names its monitor, which may still be releasing.
+        // (A record still in creation names the dead daemon, whose pid may
+        // now be ours.)
+        let monitor = c.monitor_pid.filter(|p| *p != std::process::id() as i32);
+        while monitor.is_some_and(process_alive) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if state.find_container(&c.id)?.is_some() {
+            // No monitor (or a stuck one) to finish the job: do its work.
+            release(ctx, &c.id, &runtime, true);
+        }
+    }
+    Ok(stale.len())
 }

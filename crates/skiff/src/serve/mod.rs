@@ -108,6 +108,16 @@ async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) ->
         }
         _ => {}
     }
+    // No daemon serves this root: instances still recorded were left by
+    // one that was killed, and still hold addresses, mounts and leases.
+    let root = ctx.root.clone();
+    let cleaned = tokio::task::spawn_blocking(move || instances::clean_stale(&Context::new(root)))
+        .await
+        .context("cleaning up stale instances panicked")?
+        .context("cannot clean up the instances of a previous daemon")?;
+    if cleaned > 0 {
+        eprintln!("skiff: removed {cleaned} instance(s) left by a previous daemon");
+    }
     let gateway = tokio::net::TcpListener::bind(gateway_addr)
         .await
         .with_context(|| format!("cannot listen on {gateway_addr} (--gateway)"))?;
