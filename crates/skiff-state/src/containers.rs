@@ -56,6 +56,32 @@ pub struct ContainerRecord {
 /// The owner of the serving daemon's instances.
 pub const OWNER_SERVE: &str = "serve";
 
+impl ContainerRecord {
+    /// A container about to be prepared, created now by this process,
+    /// which counts as its monitor until the real one takes over: a Created
+    /// record whose creator is alive is starting, not abandoned.
+    pub fn created(id: &str, name: &str, image: &str, image_id: &str, runtime: &str) -> Self {
+        ContainerRecord {
+            id: id.to_string(),
+            name: name.to_string(),
+            image: image.to_string(),
+            image_id: image_id.to_string(),
+            command: Vec::new(),
+            created_ms: crate::now_ms(),
+            status: Status::Created,
+            pid: None,
+            monitor_pid: Some(std::process::id() as i32),
+            exit_code: None,
+            finished_ms: None,
+            ip: None,
+            ports: Vec::new(),
+            auto_remove: false,
+            runtime: runtime.to_string(),
+            owner: None,
+        }
+    }
+}
+
 impl State {
     /// Inserts a new container; its name must be free.
     pub fn insert_container(&self, c: &ContainerRecord) -> Result<(), StateError> {

@@ -19,6 +19,14 @@ mod services;
 pub use containers::{ContainerRecord, Status, OWNER_SERVE};
 pub use services::{RevisionRecord, ServiceRecord};
 
+/// Milliseconds since the Unix epoch: how every timestamp is stored.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state database {path}: {source}")]

@@ -3,14 +3,12 @@
 //! transaction; the ones that read before writing take the write lock
 //! first (IMMEDIATE) so two writers never decide from the same snapshot.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
 use skiff_core::{
     validate_traffic, RevisionName, RevisionStatus, ServiceName, ServiceSpec, TrafficTarget,
 };
 
-use crate::{State, StateError};
+use crate::{now_ms, State, StateError};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServiceRecord {
@@ -239,13 +237,6 @@ fn bump_generation(tx: &Transaction<'_>, service: &ServiceName) -> rusqlite::Res
         "UPDATE services SET generation = generation + 1 WHERE name = ?1",
         params![service.as_str()],
     )
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn corrupt_revision(key: &str, field: &'static str, why: String) -> StateError {

@@ -23,7 +23,7 @@ use skiff_state::{ContainerRecord, Status};
 
 use crate::cli::RunArgs;
 use crate::context::{require_root, Context};
-use crate::logs::now_ms;
+use skiff_state::now_ms;
 
 /// What `prepare` made, for the monitor.
 pub struct Prepared {
@@ -59,24 +59,16 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
     let runtime = OciRuntime::new(&args.runtime, ctx.runtime_state_dir(&args.runtime))?;
 
     let record = ContainerRecord {
-        id: id.clone(),
-        name,
-        image: args.image.clone(),
-        image_id: image.id.to_string(),
         command: args.command.clone(),
-        created_ms: now_ms(),
-        status: Status::Created,
-        pid: None,
-        // The creator, until the monitor takes over: a Created record whose
-        // creator is alive is starting, not abandoned.
-        monitor_pid: Some(std::process::id() as i32),
-        exit_code: None,
-        finished_ms: None,
-        ip: None,
         ports: args.publish.clone(),
         auto_remove: args.rm,
-        runtime: args.runtime.clone(),
-        owner: None,
+        ..ContainerRecord::created(
+            &id,
+            &name,
+            &args.image,
+            &image.id.to_string(),
+            &args.runtime,
+        )
     };
     let state = ctx.state()?;
     state.insert_container(&record)?;

@@ -7,10 +7,10 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use skiff_state::Status;
+use skiff_state::{now_ms, Status};
 
 use crate::context::Context;
 
@@ -30,13 +30,6 @@ impl Stream {
             Stream::Stderr => "stderr",
         }
     }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Copies one of the container's output pipes into the log (shared by both

@@ -32,7 +32,8 @@ use skiff_state::ContainerRecord;
 
 use crate::container::release;
 use crate::context::Context;
-use crate::logs::{now_ms, open_log, pump, Stream};
+use crate::logs::{open_log, pump, Stream};
+use skiff_state::now_ms;
 
 pub struct Options {
     /// Our stdio is the user's: tee output there.

@@ -25,12 +25,11 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use skiff_core::{RevisionName, RevisionStatus, ServiceSpec};
 use skiff_runtime::oci::OciRuntime;
-use skiff_state::{ContainerRecord, Status, OWNER_SERVE};
+use skiff_state::{ContainerRecord, OWNER_SERVE};
 use tokio::sync::{watch, Notify};
 
 use crate::container::{new_id, prepare, process_alive, release, BundleOptions};
 use crate::context::Context;
-use crate::logs::now_ms;
 
 /// SIGTERM, then this long before SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
@@ -398,22 +397,10 @@ fn create(root: &Path, rev: &Revision) -> Result<(String, String, Ipv4Addr, Chil
     let runtime = OciRuntime::new(RUNTIME, ctx.runtime_state_dir(RUNTIME))?;
     let command = spec.command.clone().unwrap_or_default();
     let record = ContainerRecord {
-        id: id.clone(),
-        name: name.clone(),
-        image: spec.image.clone(),
-        image_id: image.id.to_string(),
         command: command.clone(),
-        created_ms: now_ms(),
-        status: Status::Created,
-        pid: None,
-        monitor_pid: Some(std::process::id() as i32),
-        exit_code: None,
-        finished_ms: None,
-        ip: None,
-        ports: Vec::new(),
         auto_remove: true,
-        runtime: RUNTIME.to_string(),
         owner: Some(OWNER_SERVE.to_string()),
+        ..ContainerRecord::created(&id, &name, &spec.image, &image.id.to_string(), RUNTIME)
     };
     let state = ctx.state()?;
     state.insert_container(&record)?;
