@@ -151,6 +151,21 @@ pub enum Command {
     },
     /// Delete a service: stops its instances and forgets its revisions.
     Delete { name: String },
+    /// Split a service's traffic between its revisions, e.g. NAME-00001=90,NAME-00002=10.
+    Traffic {
+        name: String,
+        /// REV=PERCENT[,REV=PERCENT...]; percents sum to 100.
+        split: String,
+        /// TAG=REV: TAG-NAME.localhost reaches REV whatever its share (repeatable).
+        #[arg(long, value_name = "TAG=REV")]
+        tag: Vec<String>,
+    },
+    /// List a service's revisions with their status and share of traffic.
+    Revisions {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// (internal) The process that watches a detached container.
     #[command(name = "__monitor", hide = true)]
     Monitor {
@@ -249,6 +264,9 @@ pub struct DeployArgs {
     /// Idle this long (no request), a --min 0 service scales to zero (e.g. 30s).
     #[arg(long, value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Create the revision without moving traffic to it (see `skiff traffic`).
+    #[arg(long)]
+    pub no_traffic: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -301,6 +319,10 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Services { json } => crate::client::services(&ctx, json).map(|_| 0),
         Command::Describe { name, json } => crate::client::describe(&ctx, &name, json).map(|_| 0),
         Command::Delete { name } => crate::client::delete(&ctx, &name).map(|_| 0),
+        Command::Traffic { name, split, tag } => {
+            crate::client::traffic(&ctx, &name, &split, &tag).map(|_| 0)
+        }
+        Command::Revisions { name, json } => crate::client::revisions(&ctx, &name, json).map(|_| 0),
         Command::Monitor {
             id,
             notify_fd,

@@ -1,5 +1,5 @@
 //! The CLI side of the control API: `deploy`, `services`, `describe`,
-//! `delete`, each one request over `$SKIFF_ROOT/skiff.sock`.
+//! `delete`, `traffic`, `revisions`, each one request over `$SKIFF_ROOT/skiff.sock`.
 
 use anyhow::{bail, Context as _, Result};
 use http_body_util::{BodyExt, Full};
@@ -7,7 +7,7 @@ use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use skiff_core::{ServiceName, ServiceSpec};
+use skiff_core::{RevisionName, ServiceName, ServiceSpec, TrafficTarget};
 
 use crate::cli::DeployArgs;
 use crate::context::Context;
@@ -106,14 +106,19 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     spec.validate()?;
     // The daemon must find the image when the first request comes.
     crate::images::resolve_or_pull(ctx, &args.image)?;
+    let query = if args.no_traffic { "?traffic=none" } else { "" };
     let answer = call(
         ctx,
         Method::POST,
-        &format!("/v1/services/{name}/revisions"),
+        &format!("/v1/services/{name}/revisions{query}"),
         Some(serde_json::to_vec(&spec)?),
     )?;
     let rev = answer["revision"].as_str().unwrap_or("?");
-    println!("Service {name} deployed: revision {rev} takes all traffic");
+    if answer["traffic"] == "none" {
+        println!("Service {name}: revision {rev} created; traffic unchanged");
+    } else {
+        println!("Service {name} deployed: revision {rev} takes all traffic");
+    }
     if let Some(urls) = answer["urls"].as_array() {
         for u in urls.iter().filter_map(|u| u.as_str()) {
             println!("  {u}");
@@ -158,11 +163,7 @@ pub fn describe(ctx: &Context, name: &str, json: bool) -> Result<()> {
     }
     println!("Traffic:");
     for t in answer["traffic"].as_array().into_iter().flatten() {
-        println!(
-            "  {:>3}%  {}",
-            t["percent"].as_u64().unwrap_or(0),
-            t["revision"].as_str().unwrap_or("")
-        );
+        print_target(t);
     }
     println!("Revisions:");
     for r in answer["revisions"].as_array().into_iter().flatten() {
@@ -172,6 +173,9 @@ pub fn describe(ctx: &Context, name: &str, json: bool) -> Result<()> {
             r["status"].as_str().unwrap_or(""),
             r["spec"]["image"].as_str().unwrap_or("")
         );
+        if let Some(why) = r["status_reason"].as_str() {
+            println!("    reason: {why}");
+        }
     }
     println!("Instances:");
     for i in answer["instances"].as_array().into_iter().flatten() {
@@ -181,6 +185,109 @@ pub fn describe(ctx: &Context, name: &str, json: bool) -> Result<()> {
             i["address"].as_str().unwrap_or(""),
             i["state"].as_str().unwrap_or(""),
             i["in_flight"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+/// `REV=PCT[,REV=PCT...]` plus `TAG=REV` tags (a tagged revision not in
+/// the split joins it with 0%), sent as one whole split.
+pub fn traffic(ctx: &Context, name: &str, split: &str, tags: &[String]) -> Result<()> {
+    let mut targets: Vec<TrafficTarget> = Vec::new();
+    for entry in split.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((rev, pct)) = entry.split_once('=') else {
+            bail!("traffic {entry:?}: expected REVISION=PERCENT");
+        };
+        let percent: u8 = pct
+            .trim()
+            .trim_end_matches('%')
+            .parse()
+            .ok()
+            .filter(|p| *p <= 100)
+            .with_context(|| format!("traffic {entry:?}: percent must be 0 to 100"))?;
+        targets.push(TrafficTarget {
+            revision: rev.trim().parse::<RevisionName>()?,
+            percent,
+            tag: None,
+        });
+    }
+    for t in tags {
+        let Some((tag, rev)) = t.split_once('=') else {
+            bail!("--tag {t:?}: expected TAG=REVISION");
+        };
+        let rev: RevisionName = rev.parse()?;
+        match targets.iter_mut().find(|x| x.revision == rev) {
+            Some(x) => x.tag = Some(tag.to_string()),
+            None => targets.push(TrafficTarget {
+                revision: rev,
+                percent: 0,
+                tag: Some(tag.to_string()),
+            }),
+        }
+    }
+    let answer = call(
+        ctx,
+        Method::PUT,
+        &format!("/v1/services/{}/traffic", path_seg(name)?),
+        Some(serde_json::to_vec(&targets)?),
+    )?;
+    for t in answer["traffic"].as_array().into_iter().flatten() {
+        print_target(t);
+    }
+    Ok(())
+}
+
+fn print_target(t: &Value) {
+    let tag = t["tag"]
+        .as_str()
+        .map(|t| format!("  tag {t}"))
+        .unwrap_or_default();
+    println!(
+        "  {:>3}%  {}{tag}",
+        t["percent"].as_u64().unwrap_or(0),
+        t["revision"].as_str().unwrap_or("")
+    );
+}
+
+pub fn revisions(ctx: &Context, name: &str, json: bool) -> Result<()> {
+    let answer = call(
+        ctx,
+        Method::GET,
+        &format!("/v1/services/{}", path_seg(name)?),
+        None,
+    )?;
+    let traffic = answer["traffic"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Value> = answer["revisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let t = traffic.iter().find(|t| t["revision"] == r["name"]);
+            serde_json::json!({
+                "name": r["name"],
+                "status": r["status"],
+                "reason": r["status_reason"],
+                "percent": t.map_or(0, |t| t["percent"].as_u64().unwrap_or(0)),
+                "tag": t.map(|t| t["tag"].clone()),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<28}{:<10}{:<9}{:<12}REASON",
+        "REVISION", "STATUS", "TRAFFIC", "TAG"
+    );
+    for r in &rows {
+        println!(
+            "{:<28}{:<10}{:<9}{:<12}{}",
+            r["name"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            format!("{}%", r["percent"]),
+            r["tag"].as_str().unwrap_or("-"),
+            r["reason"].as_str().unwrap_or("")
         );
     }
     Ok(())

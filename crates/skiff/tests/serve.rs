@@ -280,3 +280,119 @@ fn restart_after_sigkill_cleans_stale_instances() {
     assert_eq!(s.ok(&["ps", "-aq"]).trim(), "");
     assert_eq!(s.leftovers(), Vec::<String>::new());
 }
+
+/// How many of `n` requests each revision served (by `X-Skiff-Revision`).
+fn split_of(port: u16, host: &str, n: usize) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..n {
+        let (code, head, body) = get(port, host, "/");
+        assert_eq!(code, 200, "{head}\n{body}");
+        let rev = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-skiff-revision:"))
+            .unwrap_or_else(|| panic!("no x-skiff-revision header:\n{head}"))
+            .trim()
+            .to_string();
+        *seen.entry(rev).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn revision_json(s: &Skiff, name: &str, rev: &str) -> serde_json::Value {
+    let out = s.ok(&["revisions", name, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("revisions --json is JSON");
+    v.as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == rev))
+        .cloned()
+        .unwrap_or_else(|| panic!("no revision {rev}:\n{out}"))
+}
+
+/// Readiness-gated rollout, weighted splits, bad splits refused whole,
+/// rollback, tags, and a failed revision that never takes traffic.
+#[test]
+fn traffic_splits_and_gated_rollout() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let d = Daemon::start(&s);
+    let gw = d.gateway;
+    let host = "split.localhost";
+    let deploy = |extra: &[&str]| {
+        let mut args = vec!["deploy", "split", "--image", img, "--port", "8080"];
+        args.extend_from_slice(extra);
+        s.ok(&args);
+    };
+
+    deploy(&["--timeout", "20s"]);
+    // The second revision takes all traffic once it is ready (deploy waits).
+    deploy(&["--timeout", "20s", "--env", "REV=two"]);
+    let r2 = revision_json(&s, "split", "split-00002");
+    assert_eq!(r2["status"], "ready", "{r2}");
+    assert_eq!(r2["percent"], 100, "{r2}");
+    let seen = split_of(gw, host, 10);
+    assert_eq!(seen.get("split-00002"), Some(&10), "{seen:?}");
+
+    s.ok(&["traffic", "split", "split-00001=90,split-00002=10"]);
+    let seen = split_of(gw, host, 200);
+    let two = seen.get("split-00002").copied().unwrap_or(0);
+    assert!((5..=40).contains(&two), "not ~90/10: {seen:?}");
+    assert_eq!(seen.values().sum::<usize>(), 200, "{seen:?}");
+
+    // Bad splits: one clear line each, nothing changed.
+    let e = s.fails(&["traffic", "split", "split-00001=100,split-00002=10"]);
+    assert!(e.contains("sum to 110"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let e = s.fails(&["traffic", "split", "split-00001=90,split-00009=10"]);
+    assert!(e.contains("unknown revision split-00009"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert_eq!(revision_json(&s, "split", "split-00001")["percent"], 90);
+    assert_eq!(revision_json(&s, "split", "split-00002")["percent"], 10);
+
+    // Rollback, with the new revision still reachable by its tag.
+    s.ok(&[
+        "traffic",
+        "split",
+        "split-00001=100",
+        "--tag",
+        "next=split-00002",
+    ]);
+    let seen = split_of(gw, host, 30);
+    assert_eq!(seen.get("split-00001"), Some(&30), "{seen:?}");
+    let seen = split_of(gw, "next-split.localhost", 3);
+    assert_eq!(seen.get("split-00002"), Some(&3), "{seen:?}");
+
+    // --no-traffic: created, not serving.
+    deploy(&["--no-traffic"]);
+    assert_eq!(revision_json(&s, "split", "split-00003")["percent"], 0);
+
+    // A revision that cannot start: deploy fails, traffic stays, describe says why.
+    let bb = s.load_busybox();
+    let e = s.fails(&[
+        "deploy",
+        "split",
+        "--image",
+        bb,
+        "--port",
+        "8080",
+        "--timeout",
+        "10s",
+    ]);
+    assert!(e.contains("split-00004 failed"), "{e}");
+    let r4 = revision_json(&s, "split", "split-00004");
+    assert_eq!(r4["status"], "failed", "{r4}");
+    assert_eq!(r4["percent"], 0, "{r4}");
+    let desc = s.ok(&["describe", "split"]);
+    assert!(
+        desc.contains("failed") && desc.contains("reason:"),
+        "{desc}"
+    );
+    let seen = split_of(gw, host, 5);
+    assert_eq!(seen.get("split-00001"), Some(&5), "{seen:?}");
+    // A failed revision gets no share.
+    let e = s.fails(&["traffic", "split", "split-00004=100"]);
+    assert!(e.contains("split-00004"), "{e}");
+
+    s.ok(&["delete", "split"]);
+    drop(d);
+    assert_eq!(s.ok(&["ps", "-aq"]).trim(), "");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}

@@ -1,7 +1,9 @@
 //! The control API: HTTP/1.1 JSON on `$SKIFF_ROOT/skiff.sock`.
 //!
 //! ```text
-//! POST   /v1/services/{name}/revisions   body: ServiceSpec → 201 {service, revision, urls}
+//! POST   /v1/services/{name}/revisions   body: ServiceSpec → 201 {service, revision, traffic, urls}
+//!        ?traffic=none: only create the revision
+//! PUT    /v1/services/{name}/traffic     body: [TrafficTarget] → {service, traffic}
 //! GET    /v1/services                    → [{name, revision, instances, urls}]
 //! GET    /v1/services/{name}             → {name, revisions, traffic, instances, urls}
 //! DELETE /v1/services/{name}             → {deleted}
@@ -14,10 +16,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use skiff_core::{ServiceName, ServiceSpec};
+use skiff_core::{RevisionStatus, ServiceName, ServiceSpec, TrafficTarget};
 use skiff_state::StateError;
 
-use super::instances::Revision;
+use super::instances::{Revision, Unavailable};
 use super::{all_traffic_to, json, json_error, service_name, Body, Daemon};
 use crate::context::Context;
 
@@ -35,6 +37,10 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Response<Bod
         (Method::POST, ["v1", "services", name, "revisions"]) => {
             let name = name.to_string();
             deploy(&daemon, &name, req).await
+        }
+        (Method::PUT, ["v1", "services", name, "traffic"]) => {
+            let name = name.to_string();
+            traffic(&daemon, &name, req).await
         }
         _ => json_error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
@@ -82,7 +88,9 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 fn state_err(e: StateError) -> ApiError {
     match e {
-        StateError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, e),
+        StateError::Invalid(_) | StateError::RevisionFailed { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, e)
+        }
         StateError::NoSuchService(_) | StateError::NoSuchRevision(_) => {
             ApiError::new(StatusCode::NOT_FOUND, e)
         }
@@ -102,11 +110,20 @@ fn parse_name(name: &str) -> Result<ServiceName, ApiError> {
     ServiceName::new(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
 }
 
+/// Creates a revision. The first of a service takes all traffic at once
+/// (nothing else could serve). A later one starts one instance while the
+/// old split keeps serving, and takes all traffic once that instance is
+/// ready; if none can start, the revision is marked failed (with why) and
+/// the split stays. The answer comes when that is decided.
 async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Response<Body> {
     let name = match parse_name(name) {
         Ok(n) => n,
         Err(r) => return r.into(),
     };
+    let no_traffic = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "traffic=none"));
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
@@ -118,34 +135,158 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
     if let Err(e) = spec.validate() {
         return json_error(StatusCode::BAD_REQUEST, e);
     }
-    let _one_at_a_time = daemon.changes.lock().await;
+    let one_at_a_time = daemon.changes.lock().await;
     let (n, s) = (name.clone(), spec.clone());
     let created = with_state(daemon, move |st| {
+        let first = st.traffic(&n).map_err(state_err)?.is_empty();
         let rev = st.create_revision(&n, &s).map_err(state_err)?;
-        st.set_traffic(&n, &all_traffic_to(&rev))
-            .map_err(state_err)?;
-        Ok(rev)
+        if first {
+            st.set_traffic(&n, &all_traffic_to(&rev))
+                .map_err(state_err)?;
+        }
+        Ok((rev, first))
     })
     .await;
-    let rev_name = match created {
+    let (rev_name, first) = match created {
         Ok(r) => r,
         Err(resp) => return resp.into(),
     };
-    // Not yet readiness-gated: the new revision takes all traffic at once
-    // and the old one drains.
     let rev = Revision::new(rev_name.clone(), spec, daemon.root.clone());
-    rev.ensure_min();
-    if let Some(old) = daemon.set_route(name.as_str(), Some(rev)) {
-        tokio::spawn(async move { old.retire().await });
+    let answer = |traffic: &str| {
+        tracing::info!(revision = %rev_name, traffic, "deployed");
+        json(
+            StatusCode::CREATED,
+            &json!({
+                "service": name.as_str(),
+                "revision": rev_name.to_string(),
+                "traffic": traffic,
+                "urls": urls(daemon, name.as_str()),
+            }),
+        )
+    };
+    if first {
+        rev.ensure_min();
+        let split = vec![super::Target {
+            rev: rev.clone(),
+            percent: 100,
+            tag: None,
+        }];
+        retire(daemon.set_split(name.as_str(), Some(split)));
+        return answer("all");
     }
-    tracing::info!(revision = %rev_name, "deployed");
+    if no_traffic {
+        return answer("none");
+    }
+    drop(one_at_a_time);
+
+    // Readiness gate: one instance of the new revision, off the split.
+    daemon.gate(&rev, true);
+    let ready = rev.acquire().await;
+    daemon.gate(&rev, false);
+    let why = match ready {
+        Ok(lease) => {
+            drop(lease);
+            None
+        }
+        Err(Unavailable::StartFailed(why)) => Some(why),
+        Err(Unavailable::Timeout(t)) => Some(format!(
+            "no instance was ready within the timeout ({}s)",
+            t.as_secs_f64()
+        )),
+        // The daemon is stopping: the revision did not fail, it stays pending.
+        Err(Unavailable::Retired) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the daemon stopped while {rev_name} started; traffic unchanged"),
+            )
+        }
+    };
+    if let Some(why) = why {
+        rev.retire().await;
+        let (r, w) = (rev_name.clone(), why.clone());
+        let _ = with_state(daemon, move |st| {
+            st.set_revision_status(&r, RevisionStatus::Failed, Some(&w))
+                .map_err(state_err)
+        })
+        .await;
+        tracing::warn!(revision = %rev_name, "failed; traffic unchanged: {why}");
+        return json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("revision {rev_name} failed, traffic unchanged: {why}"),
+        );
+    }
+    let _one_at_a_time = daemon.changes.lock().await;
+    let n = name.clone();
+    let target = all_traffic_to(&rev_name);
+    let set = with_state(daemon, move |st| {
+        st.set_traffic(&n, &target).map_err(state_err)
+    })
+    .await;
+    if let Err(e) = set {
+        // Deleted meanwhile, say.
+        rev.retire().await;
+        return e.into();
+    }
+    let split = daemon.targets(
+        name.as_str(),
+        &all_traffic_to(&rev_name),
+        Vec::new(),
+        Some(&rev),
+    );
+    retire(daemon.set_split(name.as_str(), Some(split)));
+    answer("all")
+}
+
+/// Stops revisions that left a split, in the background.
+fn retire(revs: Vec<Arc<Revision>>) {
+    for r in revs {
+        tokio::spawn(async move { r.retire().await });
+    }
+}
+
+/// Replaces the whole split at once, or (invalid) changes nothing.
+async fn traffic(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Response<Body> {
+    let name = match parse_name(name) {
+        Ok(n) => n,
+        Err(r) => return r.into(),
+    };
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+    };
+    let split: Vec<TrafficTarget> = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("traffic: {e}")),
+    };
+    let _one_at_a_time = daemon.changes.lock().await;
+    let n = name.clone();
+    let set = with_state(daemon, move |st| {
+        if st.get_service(&n).map_err(state_err)?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no service named {:?}", n.as_str()),
+            ));
+        }
+        st.set_traffic(&n, &split).map_err(state_err)?;
+        Ok((
+            st.traffic(&n).map_err(state_err)?,
+            st.list_revisions(&n).map_err(state_err)?,
+        ))
+    })
+    .await;
+    let (traffic, revisions) = match set {
+        Ok(t) => t,
+        Err(e) => return e.into(),
+    };
+    let targets = daemon.targets(name.as_str(), &traffic, revisions, None);
+    for t in &targets {
+        t.rev.ensure_min();
+    }
+    retire(daemon.set_split(name.as_str(), Some(targets)));
+    tracing::info!(service = %name, "traffic set");
     json(
-        StatusCode::CREATED,
-        &json!({
-            "service": name.as_str(),
-            "revision": rev_name.to_string(),
-            "urls": urls(daemon, name.as_str()),
-        }),
+        StatusCode::OK,
+        &json!({ "service": name.as_str(), "traffic": traffic }),
     )
 }
 
@@ -157,11 +298,11 @@ async fn list(daemon: &Arc<Daemon>) -> Response<Body> {
     let rows: Vec<Value> = services
         .iter()
         .map(|s| {
-            let rev = daemon.route(s.name.as_str());
+            let split = daemon.split(s.name.as_str()).unwrap_or_default();
             json!({
                 "name": s.name.as_str(),
-                "revision": rev.as_ref().map(|r| r.name.to_string()),
-                "instances": rev.as_ref().map_or(0, |r| r.ready_count()),
+                "revision": split.first().map(|t| t.rev.name.to_string()),
+                "instances": split.iter().map(|t| t.rev.ready_count()).sum::<usize>(),
                 "urls": urls(daemon, s.name.as_str()),
             })
         })
@@ -194,10 +335,12 @@ async fn describe(daemon: &Arc<Daemon>, name: &str) -> Response<Body> {
         }
         Err(r) => return r.into(),
     };
-    let instances = daemon
-        .route(name.as_str())
-        .map(|r| r.instances())
-        .unwrap_or_default();
+    let instances: Vec<_> = daemon
+        .split(name.as_str())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|t| t.rev.instances())
+        .collect();
     json(
         StatusCode::OK,
         &json!({
@@ -228,7 +371,7 @@ async fn delete(daemon: &Arc<Daemon>, name: &str) -> Response<Body> {
         Err(r) => return r.into(),
     }
     // Out of the routing table first, so no request starts an instance anew.
-    if let Some(rev) = daemon.set_route(name.as_str(), None) {
+    for rev in daemon.set_split(name.as_str(), None) {
         rev.retire().await;
     }
     let n = name.clone();

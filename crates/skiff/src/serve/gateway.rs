@@ -1,5 +1,6 @@
 //! The gateway: `Host: NAME.localhost[:port]` or `/NAME/...` (prefix
-//! stripped) → the service's revision → a lease on one of its instances
+//! stripped) → a revision of the service, by weighted choice over its
+//! traffic split (`TAG-NAME.localhost`: the revision tagged `TAG`) → a lease on one of its instances
 //! (waiting while one starts: the activator) → the request proxied over a
 //! pooled keep-alive connection, bodies streamed both ways.
 
@@ -80,7 +81,14 @@ async fn proxy(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) ->
         );
     };
     let lease = loop {
-        let Some(rev) = daemon.route(&route.service) else {
+        let rev = daemon.pick(&route.service).or_else(|| {
+            route
+                .stripped
+                .is_none()
+                .then(|| daemon.pick_tagged(&route.service))
+                .flatten()
+        });
+        let Some(rev) = rev else {
             return json_error(
                 StatusCode::NOT_FOUND,
                 format!("no service named {:?}", route.service),
@@ -88,7 +96,7 @@ async fn proxy(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) ->
         };
         match rev.acquire().await {
             Ok(lease) => break lease,
-            // Replaced by a new revision while we waited: go to that one.
+            // Out of the split while we waited: choose again.
             Err(Unavailable::Retired) => tokio::task::yield_now().await,
             Err(Unavailable::StartFailed(why)) => {
                 return json_error(
@@ -150,6 +158,11 @@ async fn proxy(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) ->
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            set(
+                &mut parts.headers,
+                "x-skiff-revision",
+                &lease.rev_name().to_string(),
+            );
             if let Some(cold) = lease.cold {
                 set(
                     &mut parts.headers,

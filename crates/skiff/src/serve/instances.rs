@@ -97,6 +97,12 @@ pub struct Lease {
     pub cold: Option<Duration>,
 }
 
+impl Lease {
+    pub fn rev_name(&self) -> &RevisionName {
+        &self.rev.name
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.instance.inflight.fetch_sub(1, Ordering::SeqCst);

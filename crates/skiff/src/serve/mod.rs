@@ -1,5 +1,6 @@
 //! `skiff serve`: the daemon. It owns the in-memory routing table (service
-//! → the revision taking its traffic) and each revision's instances; the
+//! → its traffic split: revisions with percents and tags) and each
+//! revision's instances; the
 //! state database owns services, revisions and traffic, so a restarted
 //! daemon routes again what was deployed.
 //!
@@ -42,16 +43,28 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Daemon {
     pub root: Arc<PathBuf>,
     pub gateway: SocketAddr,
-    /// Service name → the revision taking its traffic.
-    routes: Mutex<HashMap<String, Arc<Revision>>>,
+    /// Service name → its traffic split (largest share first).
+    routes: Mutex<HashMap<String, Vec<Target>>>,
+    /// New revisions starting their first instance before taking traffic.
+    gating: Mutex<Vec<Arc<Revision>>>,
     /// Deploys and deletes one at a time, so the table follows the database's order.
     changes: tokio::sync::Mutex<()>,
     client: Client<HttpConnector, Body>,
     cold_starts: AtomicU64,
+    /// xorshift64 state for the weighted choice of a revision.
+    rng: AtomicU64,
+}
+
+/// One slice of a service's traffic, with the revision's instance pool.
+#[derive(Clone)]
+pub struct Target {
+    pub rev: Arc<Revision>,
+    pub percent: u8,
+    pub tag: Option<String>,
 }
 
 impl Daemon {
-    fn route(&self, service: &str) -> Option<Arc<Revision>> {
+    fn split(&self, service: &str) -> Option<Vec<Target>> {
         self.routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -59,17 +72,106 @@ impl Daemon {
             .cloned()
     }
 
-    fn set_route(&self, service: &str, rev: Option<Arc<Revision>>) -> Option<Arc<Revision>> {
+    /// The revision for one request: weighted random over the split
+    /// (xorshift64, seeded from the clock and pid; independent per request,
+    /// so a 90/10 split is 90/10 on average, not in every window of ten).
+    /// Shares of 0 are reachable only by their tag.
+    fn pick(&self, service: &str) -> Option<Arc<Revision>> {
+        let split = self.split(service)?;
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Concurrent requests may reuse a roll: harmless.
+        self.rng.store(x, Ordering::Relaxed);
+        let i = choose(split.iter().map(|t| t.percent), (x % 100) as u32);
+        split.get(i).map(|t| t.rev.clone())
+    }
+
+    /// `TAG-NAME`: the revision tagged `TAG` in service `NAME`.
+    fn pick_tagged(&self, host_label: &str) -> Option<Arc<Revision>> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        host_label
+            .match_indices('-')
+            .filter_map(|(i, _)| {
+                let (tag, service) = (&host_label[..i], &host_label[i + 1..]);
+                routes
+                    .get(service)?
+                    .iter()
+                    .find(|t| t.tag.as_deref() == Some(tag))
+            })
+            .map(|t| t.rev.clone())
+            .next()
+    }
+
+    /// Replaces the service's split (none: takes it out); returns the
+    /// revisions that left it, for the caller to retire.
+    fn set_split(&self, service: &str, split: Option<Vec<Target>>) -> Vec<Arc<Revision>> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        match rev {
-            Some(r) => routes.insert(service.to_string(), r),
+        let old = match split {
+            Some(new) => routes.insert(service.to_string(), new),
             None => routes.remove(service),
+        }
+        .unwrap_or_default();
+        let kept = routes.get(service).cloned().unwrap_or_default();
+        old.into_iter()
+            .map(|t| t.rev)
+            .filter(|r| !kept.iter().any(|k| Arc::ptr_eq(&k.rev, r)))
+            .collect()
+    }
+
+    /// The split as targets, reusing the pools of revisions already routed
+    /// (or `extra`); specs of new ones come from `specs`.
+    fn targets(
+        &self,
+        service: &str,
+        traffic: &[TrafficTarget],
+        specs: Vec<skiff_state::RevisionRecord>,
+        extra: Option<&Arc<Revision>>,
+    ) -> Vec<Target> {
+        let current = self.split(service).unwrap_or_default();
+        traffic
+            .iter()
+            .filter_map(|t| {
+                let rev = current
+                    .iter()
+                    .map(|c| &c.rev)
+                    .chain(extra)
+                    .find(|r| r.name == t.revision)
+                    .cloned()
+                    .or_else(|| {
+                        let rec = specs.iter().find(|r| r.name == t.revision)?;
+                        Some(Revision::new(
+                            rec.name.clone(),
+                            rec.spec.clone(),
+                            self.root.clone(),
+                        ))
+                    })?;
+                Some(Target {
+                    rev,
+                    percent: t.percent,
+                    tag: t.tag.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Adds (or, `on` false, removes) a revision waiting for readiness.
+    fn gate(&self, rev: &Arc<Revision>, on: bool) {
+        let mut gating = self.gating.lock().unwrap_or_else(|e| e.into_inner());
+        gating.retain(|r| !Arc::ptr_eq(r, rev));
+        if on {
+            gating.push(rev.clone());
         }
     }
 
+    /// Every revision with instances to look after: routed or gating.
     fn revisions(&self) -> Vec<Arc<Revision>> {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        routes.values().cloned().collect()
+        let gating = self.gating.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<Arc<Revision>> = gating.clone();
+        all.extend(routes.values().flatten().map(|t| t.rev.clone()));
+        all
     }
 }
 
@@ -143,9 +245,11 @@ async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) ->
         root: Arc::new(ctx.root.clone()),
         gateway: gateway.local_addr()?,
         routes: Mutex::new(HashMap::new()),
+        gating: Mutex::new(Vec::new()),
         changes: tokio::sync::Mutex::new(()),
         client,
         cold_starts: AtomicU64::new(0),
+        rng: AtomicU64::new(seed()),
     });
     load_routes(&daemon).await?;
 
@@ -186,7 +290,7 @@ async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) ->
     Ok(0)
 }
 
-/// The serving revision of every service in the database.
+/// The traffic split of every service in the database.
 async fn load_routes(daemon: &Arc<Daemon>) -> Result<()> {
     let root = daemon.root.clone();
     let found = tokio::task::spawn_blocking(move || -> Result<Vec<_>> {
@@ -195,21 +299,38 @@ async fn load_routes(daemon: &Arc<Daemon>) -> Result<()> {
         let mut found = Vec::new();
         for svc in state.list_services()? {
             let traffic = state.traffic(&svc.name)?;
-            let Some(target) = traffic.iter().max_by_key(|t| t.percent) else {
-                continue;
-            };
-            if let Some(rev) = state.get_revision(&target.revision)? {
-                found.push((svc.name, rev));
+            let revisions = state.list_revisions(&svc.name)?;
+            if !traffic.is_empty() {
+                found.push((svc.name, traffic, revisions));
             }
         }
         Ok(found)
     })
     .await??;
-    for (name, rev) in found {
-        let r = Revision::new(rev.name, rev.spec, daemon.root.clone());
-        daemon.set_route(name.as_str(), Some(r));
+    for (name, traffic, revisions) in found {
+        let split = daemon.targets(name.as_str(), &traffic, revisions, None);
+        daemon.set_split(name.as_str(), Some(split));
     }
     Ok(())
+}
+
+/// The index whose share holds `roll` (0..100) when the shares are laid
+/// end to end; shares summing short of 100 leave the rest to the first.
+fn choose(percents: impl Iterator<Item = u8>, mut roll: u32) -> usize {
+    for (i, p) in percents.enumerate() {
+        if roll < u32::from(p) {
+            return i;
+        }
+        roll -= u32::from(p);
+    }
+    0
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (u64::from(std::process::id()) << 32)) | 1
 }
 
 /// Scale to zero after the idle timeout; keep `min` instances up.
@@ -360,6 +481,23 @@ fn all_traffic_to(rev: &skiff_core::RevisionName) -> Vec<TrafficTarget> {
     }]
 }
 
-fn service_name(s: &str) -> Option<ServiceName> {
+pub(crate) fn service_name(s: &str) -> Option<ServiceName> {
     ServiceName::new(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose;
+
+    #[test]
+    fn weighted_choice() {
+        let picks: Vec<usize> = (0..100)
+            .map(|r| choose([90, 0, 10].into_iter(), r))
+            .collect();
+        assert_eq!(picks.iter().filter(|i| **i == 0).count(), 90);
+        assert_eq!(picks.iter().filter(|i| **i == 2).count(), 10);
+        assert!(!picks.contains(&1), "a 0% share is never picked");
+        assert_eq!(choose([100].into_iter(), 99), 0);
+        assert_eq!(choose(std::iter::empty(), 5), 0);
+    }
 }
