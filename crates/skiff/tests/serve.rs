@@ -13,6 +13,7 @@ use common::{free_port, Skiff};
 struct Daemon {
     child: Child,
     gateway: u16,
+    admin: u16,
 }
 
 impl Daemon {
@@ -37,7 +38,11 @@ impl Daemon {
             assert!(Instant::now() < deadline, "the daemon did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Daemon { child, gateway }
+        Daemon {
+            child,
+            gateway,
+            admin,
+        }
     }
 
     /// SIGTERM; true if it exited within `timeout`.
@@ -395,4 +400,82 @@ fn traffic_splits_and_gated_rollout() {
     drop(d);
     assert_eq!(s.ok(&["ps", "-aq"]).trim(), "");
     assert_eq!(s.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn autoscaler_scales_out_under_load_and_back_to_zero() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let d = Daemon::start(&s);
+    let gw = d.gateway;
+    s.ok(&[
+        "deploy",
+        "busy",
+        "--image",
+        img,
+        "--port",
+        "8080",
+        "--concurrency",
+        "1",
+        "--max",
+        "4",
+        "--idle-timeout",
+        "2s",
+        "--timeout",
+        "20s",
+    ]);
+
+    // Eight clients in a loop for ~2 s against one request per instance.
+    let stop = Instant::now() + Duration::from_secs(2);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut ok = 0;
+                while Instant::now() < stop {
+                    let (code, head, body) = get(gw, "busy.localhost", "/");
+                    assert_eq!(code, 200, "{head}\n{body}");
+                    ok += 1;
+                }
+                ok
+            })
+        })
+        .collect();
+    let (mut peak, mut wanted) = (0, 0);
+    while Instant::now() < stop {
+        peak = peak.max(instances(&s, "busy"));
+        // The decision is on /metrics beside the ready instances.
+        let (_, _, metrics) = get(d.admin, "127.0.0.1", "/metrics");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("skiff_autoscaler_desired_instances{service=\"busy\""))
+            .unwrap_or_else(|| panic!("no desired gauge: {metrics}"));
+        assert!(
+            metrics.contains("skiff_autoscaler_panic{service=\"busy\""),
+            "{metrics}"
+        );
+        let n: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        wanted = wanted.max(n);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let served: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    peak = peak.max(instances(&s, "busy"));
+    assert!(served > 0);
+    assert!((2..=4).contains(&wanted), "desired peaked at {wanted}");
+    assert!(
+        peak > 1 && peak <= 4,
+        "peak {peak} instances: {}",
+        s.ok(&["describe", "busy"])
+    );
+
+    // Load gone: back to zero a little after the idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while instances(&s, "busy") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "not scaled to zero: {}",
+            s.ok(&["describe", "busy"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.ok(&["delete", "busy"]);
 }

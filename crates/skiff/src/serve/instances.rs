@@ -17,12 +17,13 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
+use skiff_control::autoscaler::{Autoscaler, Clock as _, ScalePolicy, SystemClock};
 use skiff_core::{RevisionName, RevisionStatus, ServiceSpec};
 use skiff_runtime::oci::OciRuntime;
 use skiff_state::{ContainerRecord, OWNER_SERVE};
@@ -74,6 +75,13 @@ pub struct Revision {
     changed: Notify,
     /// The database says `ready` (once an instance first passed readiness).
     recorded_ready: AtomicBool,
+    /// The KPA autoscaler, fed and consulted by the daemon's tick only
+    /// (never on the request path); `None` if the spec made no valid policy.
+    scaler: Mutex<Option<Autoscaler>>,
+    clock: SystemClock,
+    /// The last decision, for `/metrics`.
+    pub desired: AtomicU32,
+    pub panicking: AtomicBool,
 }
 
 struct Pool {
@@ -85,6 +93,11 @@ struct Pool {
     failures: u64,
     last_error: String,
     in_flight: usize,
+    /// Highest `in_flight` since the last tick (so requests that start and
+    /// end between two ticks still count as activity).
+    peak: usize,
+    /// Requests waiting for an instance (the activator's queue).
+    waiting: usize,
     last_request: Instant,
     retired: bool,
 }
@@ -117,7 +130,7 @@ impl Drop for Lease {
 
 impl Revision {
     pub fn new(name: RevisionName, spec: ServiceSpec, root: Arc<PathBuf>) -> Arc<Revision> {
-        Arc::new(Revision {
+        let rev = Arc::new(Revision {
             name,
             spec,
             root,
@@ -128,12 +141,31 @@ impl Revision {
                 failures: 0,
                 last_error: String::new(),
                 in_flight: 0,
+                peak: 0,
+                waiting: 0,
                 last_request: Instant::now(),
                 retired: false,
             }),
             changed: Notify::new(),
             recorded_ready: AtomicBool::new(false),
-        })
+            scaler: Mutex::new(None),
+            clock: SystemClock::new(),
+            desired: AtomicU32::new(0),
+            panicking: AtomicBool::new(false),
+        });
+        let policy = ScalePolicy {
+            min_scale: rev.spec.min,
+            max_scale: rev.spec.max,
+            idle_timeout: rev.spec.idle_timeout,
+            ..ScalePolicy::with_concurrency(rev.spec.concurrency, None)
+        };
+        match Autoscaler::new(policy, rev.clock.now()) {
+            Ok(a) => *rev.scaler.lock().unwrap_or_else(|e| e.into_inner()) = Some(a),
+            Err(e) => {
+                tracing::warn!(revision = %rev.name, "no autoscaler ({e}); idle timeout and min only")
+            }
+        }
+        rev
     }
 
     fn lock(&self) -> MutexGuard<'_, Pool> {
@@ -143,13 +175,16 @@ impl Revision {
 
     /// A lease on the ready instance with the fewest requests in flight and
     /// room for one more; without one, starts an instance (one start at a
-    /// time, up to `max`) and waits, at most the service timeout.
+    /// time, up to `max`: the fast path for a cold start, the autoscaler's
+    /// tick adds the rest in parallel) and waits, counted among the
+    /// revision's waiting requests, at most the service timeout.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Unavailable> {
         let began = Instant::now();
         let deadline = tokio::time::Instant::now() + self.spec.timeout;
         let cap = self.spec.concurrency as usize;
         let mut seen_failures = None;
         let mut waited_for_start = false;
+        let mut queued = Queued(self, false);
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -172,7 +207,11 @@ impl Revision {
                 if let Some(instance) = best {
                     instance.inflight.fetch_add(1, Ordering::SeqCst);
                     pool.in_flight += 1;
+                    pool.peak = pool.peak.max(pool.in_flight);
                     pool.last_request = Instant::now();
+                    if std::mem::take(&mut queued.1) {
+                        pool.waiting -= 1;
+                    }
                     return Ok(Lease {
                         rev: self.clone(),
                         instance,
@@ -187,6 +226,10 @@ impl Revision {
                 // Waiting for a start is a cold start; waiting for a busy
                 // instance to free a slot is queueing.
                 waited_for_start |= pool.starting > 0;
+                if !queued.1 {
+                    queued.1 = true;
+                    pool.waiting += 1;
+                }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(Unavailable::Timeout(self.spec.timeout));
@@ -207,7 +250,75 @@ impl Revision {
         }
     }
 
-    /// Scale to zero: with `min` 0, no request in flight and none for the
+    /// One autoscaler step (the daemon's tick): feeds it the requests in
+    /// flight and waiting, then starts instances (in parallel, up to the
+    /// decision and `max`) or drains and stops the excess (least loaded,
+    /// newest first), never below `min`.
+    pub fn autoscale(self: &Arc<Self>) {
+        let mut guard = self.scaler.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(scaler) = guard.as_mut() else {
+            self.scale_to_zero(Instant::now());
+            self.ensure_min();
+            return;
+        };
+        let now = self.clock.now();
+        let (peak, in_flight, waiting, ready) = {
+            let mut pool = self.lock();
+            if pool.retired {
+                return;
+            }
+            let peak = pool.peak;
+            pool.peak = pool.in_flight;
+            (peak, pool.in_flight, pool.waiting, pool.ready.len())
+        };
+        if peak > in_flight {
+            scaler.record(now, peak as f64);
+        }
+        scaler.record(now, in_flight as f64);
+        scaler.record_pending(now, u32::try_from(waiting).unwrap_or(u32::MAX));
+        let d = scaler.decide(now, u32::try_from(ready).unwrap_or(u32::MAX));
+        self.desired.store(d.desired, Ordering::Relaxed);
+        self.panicking.store(d.panicking, Ordering::Relaxed);
+        tracing::debug!(revision = %self.name, desired = d.desired, ready, in_flight, waiting, panicking = d.panicking, reason = d.reason, "autoscale");
+        let desired = d.desired as usize;
+        let mut excess = Vec::new();
+        {
+            let mut pool = self.lock();
+            if pool.retired {
+                return;
+            }
+            let have = pool.ready.len() + pool.starting;
+            // After a failed start, only scale up from a working instance
+            // (no crash loop; requests still start one themselves).
+            if desired > have && (pool.failures == 0 || !pool.ready.is_empty()) {
+                for _ in have..desired {
+                    pool.starting += 1;
+                    tokio::spawn(start(self.clone()));
+                }
+            } else if desired < pool.ready.len() {
+                let keep = desired.max(self.spec.min as usize);
+                while pool.ready.len() > keep {
+                    // Least loaded; among equals the newest (last pushed).
+                    let (idx, _) = pool
+                        .ready
+                        .iter()
+                        .enumerate()
+                        .rev()
+                        .min_by_key(|(_, i)| i.inflight.load(Ordering::SeqCst))
+                        .expect("ready is not empty");
+                    let inst = pool.ready.remove(idx);
+                    pool.stopping.push(inst.clone());
+                    excess.push(inst);
+                }
+            }
+        }
+        for inst in excess {
+            tracing::info!(instance = %inst.name, desired, "autoscaler: stopping");
+            tokio::spawn(stop(self.root.clone(), inst));
+        }
+    }
+
+    /// Scale to zero (without an autoscaler): with `min` 0, no request in flight and none for the
     /// idle timeout, every ready instance leaves rotation and is stopped.
     pub fn scale_to_zero(self: &Arc<Self>, now: Instant) {
         let idle = {
@@ -286,6 +397,18 @@ impl Revision {
             tracing::warn!(instance = %inst.name, "instance exited; out of rotation");
         }
         self.changed.notify_waiters();
+    }
+}
+
+/// Counts an `acquire` among the revision's waiting requests until it
+/// gets a lease or gives up.
+struct Queued<'a>(&'a Revision, bool);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.lock().waiting -= 1;
+        }
     }
 }
 

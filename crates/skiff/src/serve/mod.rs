@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use http_body_util::combinators::BoxBody;
@@ -333,16 +333,15 @@ fn seed() -> u64 {
     (t ^ (u64::from(std::process::id()) << 32)) | 1
 }
 
-/// Scale to zero after the idle timeout; keep `min` instances up.
+/// Every tick, each revision's autoscaler sizes its instances (scale up
+/// under load, down and to zero after the idle timeout, never below `min`).
 async fn autoscale(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = Instant::now();
         for rev in daemon.revisions() {
-            rev.scale_to_zero(now);
-            rev.ensure_min();
+            rev.autoscale();
         }
     }
 }
@@ -426,6 +425,28 @@ fn admin_handle(
                         rev.name,
                         rev.ready_count()
                     ));
+                }
+                for (name, help, get) in [
+                    (
+                        "skiff_autoscaler_desired_instances",
+                        "Instances the autoscaler wants by revision.",
+                        (|r: &Revision| r.desired.load(Ordering::Relaxed)) as fn(&Revision) -> u32,
+                    ),
+                    (
+                        "skiff_autoscaler_panic",
+                        "1 while the revision's autoscaler is in panic mode.",
+                        |r: &Revision| u32::from(r.panicking.load(Ordering::Relaxed)),
+                    ),
+                ] {
+                    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+                    for rev in daemon.revisions() {
+                        out.push_str(&format!(
+                            "{name}{{service=\"{}\",revision=\"{}\"}} {}\n",
+                            rev.name.service(),
+                            rev.name,
+                            get(&rev)
+                        ));
+                    }
                 }
                 out.push_str("# HELP skiff_cold_starts_total Requests that waited for an instance to start.\n");
                 out.push_str("# TYPE skiff_cold_starts_total counter\n");
