@@ -147,12 +147,7 @@ pub fn services(ctx: &Context, json: bool) -> Result<()> {
 }
 
 pub fn describe(ctx: &Context, name: &str, json: bool) -> Result<()> {
-    let answer = call(
-        ctx,
-        Method::GET,
-        &format!("/v1/services/{}", path_seg(name)?),
-        None,
-    )?;
+    let answer = call(ctx, Method::GET, &service_path(name)?, None)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
@@ -228,7 +223,7 @@ pub fn traffic(ctx: &Context, name: &str, split: &str, tags: &[String]) -> Resul
     let answer = call(
         ctx,
         Method::PUT,
-        &format!("/v1/services/{}/traffic", path_seg(name)?),
+        &format!("{}/traffic", service_path(name)?),
         Some(serde_json::to_vec(&targets)?),
     )?;
     for t in answer["traffic"].as_array().into_iter().flatten() {
@@ -250,12 +245,7 @@ fn print_target(t: &Value) {
 }
 
 pub fn revisions(ctx: &Context, name: &str, json: bool) -> Result<()> {
-    let answer = call(
-        ctx,
-        Method::GET,
-        &format!("/v1/services/{}", path_seg(name)?),
-        None,
-    )?;
+    let answer = call(ctx, Method::GET, &service_path(name)?, None)?;
     let traffic = answer["traffic"].as_array().cloned().unwrap_or_default();
     let rows: Vec<Value> = answer["revisions"]
         .as_array()
@@ -294,12 +284,7 @@ pub fn revisions(ctx: &Context, name: &str, json: bool) -> Result<()> {
 }
 
 pub fn delete(ctx: &Context, name: &str) -> Result<()> {
-    call(
-        ctx,
-        Method::DELETE,
-        &format!("/v1/services/{}", path_seg(name)?),
-        None,
-    )?;
+    call(ctx, Method::DELETE, &service_path(name)?, None)?;
     println!("{name}");
     Ok(())
 }
@@ -307,4 +292,9 @@ pub fn delete(ctx: &Context, name: &str) -> Result<()> {
 /// A name as one path segment: a valid service name is one already.
 fn path_seg(name: &str) -> Result<String> {
     Ok(ServiceName::new(name)?.to_string())
+}
+
+/// `/v1/services/NAME`, the resource describe, revisions and delete act on.
+fn service_path(name: &str) -> Result<String> {
+    Ok(format!("/v1/services/{}", path_seg(name)?))
 }
