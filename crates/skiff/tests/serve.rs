@@ -2,105 +2,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Skiff};
-
-/// The daemon, stopped (SIGTERM, then SIGKILL) however the test ends.
-struct Daemon {
-    child: Child,
-    gateway: u16,
-    admin: u16,
-}
-
-impl Daemon {
-    fn start(s: &Skiff) -> Daemon {
-        let gateway = free_port();
-        let admin = free_port();
-        let child = s
-            .cmd(&[
-                "serve",
-                "--gateway",
-                &format!("127.0.0.1:{gateway}"),
-                "--admin",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn skiff serve");
-        let sock = s.root.path().join("skiff.sock");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(sock.exists() && TcpStream::connect(("127.0.0.1", gateway)).is_ok()) {
-            assert!(Instant::now() < deadline, "the daemon did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child,
-            gateway,
-            admin,
-        }
-    }
-
-    /// SIGTERM; true if it exited within `timeout`.
-    fn terminate(&mut self, timeout: Duration) -> bool {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return true;
-        }
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Daemon {
-    /// SIGKILL, as a crash would: nothing gets to clean up.
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL the daemon");
-        self.child.wait().expect("reap the daemon");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if !self.terminate(Duration::from_secs(15)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Status, head (lowercased) and body of a GET with a Host header.
-fn get(port: u16, host: &str, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).expect("read the response");
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
-fn instances(s: &Skiff, name: &str) -> usize {
-    let out = s.ok(&["describe", name, "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("describe --json is JSON");
-    v["instances"].as_array().map_or(0, |a| a.len())
-}
+use common::daemon::{get, instances, Daemon};
+use common::Skiff;
 
 #[test]
 fn deploy_route_scale_to_zero_delete() {

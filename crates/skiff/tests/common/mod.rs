@@ -2,6 +2,8 @@
 //! images made by `scripts/mkimage.py` (no container tool), free ports.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
