@@ -25,6 +25,31 @@ DEMO_PAGE = b"""<!doctype html>
 <p>This page is served by busybox httpd in a container that Skiff started with crun.</p>
 """
 
+# CGI programs busybox httpd runs, for the tests: a slow response
+# (/cgi-bin/sleep?SECONDS), a request body counted (/cgi-bin/count), the
+# request's headers as the instance saw them (/cgi-bin/env).
+DEMO_CGI = {
+    "sleep": b"""#!/bin/sh
+sleep "${QUERY_STRING:-1}"
+printf 'Content-Type: text/plain\r\n\r\nslept %s\n' "${QUERY_STRING:-1}"
+""",
+    "count": b"""#!/bin/sh
+n=$(wc -c | tr -d ' ')
+printf 'Content-Type: text/plain\r\n\r\n%s\n' "$n"
+""",
+    "env": b"""#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+env | grep '^HTTP_' | sort
+""",
+}
+# Run by `nc -ll -p PORT -e /bin/upgrade-echo`: reads a request head,
+# switches protocols (Upgrade: echo), then echoes what it receives.
+UPGRADE_ECHO = b"""#!/bin/sh
+while read -r line; do [ "${#line}" -le 1 ] && break; done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n'
+exec cat
+"""
+
 
 def add_file(tar, path, data, mode=0o644):
     info = tarfile.TarInfo(path)
@@ -71,6 +96,10 @@ def busybox_layer(demo):
         if demo:
             add_dir(tar, "www")
             add_file(tar, "www/index.html", DEMO_PAGE)
+            add_dir(tar, "www/cgi-bin")
+            for name, script in DEMO_CGI.items():
+                add_file(tar, f"www/cgi-bin/{name}", script, 0o755)
+            add_file(tar, "bin/upgrade-echo", UPGRADE_ECHO, 0o755)
     return buf.getvalue()
 
 

@@ -267,6 +267,12 @@ pub struct DeployArgs {
     /// Create the revision without moving traffic to it (see `skiff traffic`).
     #[arg(long)]
     pub no_traffic: bool,
+    /// Ready once a GET of this path answers 2xx/3xx (default: once the port accepts).
+    #[arg(long, value_name = "PATH")]
+    pub readiness_path: Option<String>,
+    /// The command instead of the image's CMD (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

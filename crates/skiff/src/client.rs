@@ -103,6 +103,10 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     if let Some(t) = args.idle_timeout {
         spec.idle_timeout = t;
     }
+    spec.readiness_path = args.readiness_path.clone();
+    if !args.command.is_empty() {
+        spec.command = Some(args.command.clone());
+    }
     spec.validate()?;
     // The daemon must find the image when the first request comes.
     crate::images::resolve_or_pull(ctx, &args.image)?;

@@ -193,6 +193,17 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
             "no instance was ready within the timeout ({}s)",
             t.as_secs_f64()
         )),
+        // A fresh revision has no queue to fill; should it happen, the
+        // revision did not fail either.
+        Err(Unavailable::QueueFull(_)) => {
+            rev.retire().await;
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{rev_name} could not be checked for readiness (overloaded); traffic unchanged"
+                ),
+            );
+        }
         // The daemon is stopping: the revision did not fail, it stays pending.
         Err(Unavailable::Retired) => {
             return json_error(

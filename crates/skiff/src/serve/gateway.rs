@@ -6,22 +6,33 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE,
+};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 
-use super::instances::{Lease, Unavailable};
-use super::{json_error, Body, Daemon};
+use hyper_util::rt::TokioIo;
+
+use super::instances::{Lease, Revision, Unavailable};
+use super::{json_error, Body, BoxError, Daemon};
 
 type Fut = Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
 
+/// Request bodies larger than this get 413 (Cloud Run's HTTP/1 limit).
+pub const MAX_BODY: u64 = 32 << 20;
+/// The request id header: a client's own is kept, otherwise one is made;
+/// the instance sees it and the response carries it.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 pub fn handle(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -> Fut {
-    Box::pin(proxy(daemon, peer, req))
+    Box::pin(answer(daemon, peer, req))
 }
 
 /// Where a request goes: the service, and for path routing the prefix
@@ -67,7 +78,35 @@ fn route(host: Option<&str>, path: &str) -> Option<Route> {
     })
 }
 
-async fn proxy(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// What became of a request, for the metrics: answered by an instance
+/// (its body records the request when it ends), or by the gateway, for a
+/// revision or for no service at all.
+enum Outcome {
+    Proxied(Response<Body>),
+    Gateway(Option<Arc<Revision>>, Response<Body>),
+}
+
+async fn answer(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let began = Instant::now();
+    match proxy(&daemon, peer, req, began).await {
+        Outcome::Proxied(resp) => resp,
+        Outcome::Gateway(Some(rev), resp) => {
+            rev.metrics.request(resp.status().as_u16(), began.elapsed());
+            resp
+        }
+        Outcome::Gateway(None, resp) => {
+            daemon.unrouted(resp.status().as_u16());
+            resp
+        }
+    }
+}
+
+async fn proxy(
+    daemon: &Arc<Daemon>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    began: Instant,
+) -> Outcome {
     let host = req
         .headers()
         .get(HOST)
@@ -75,50 +114,39 @@ async fn proxy(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) ->
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
     let Some(route) = route(host.as_deref(), req.uri().path()) else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "no service named in the request: use Host: NAME.localhost or the path /NAME/",
+        return Outcome::Gateway(
+            None,
+            json_error(
+                StatusCode::NOT_FOUND,
+                "no service named in the request: use Host: NAME.localhost or the path /NAME/",
+            ),
         );
     };
-    let lease = loop {
-        let rev = daemon.pick(&route.service).or_else(|| {
+    let pick = || {
+        daemon.pick(&route.service).or_else(|| {
             route
                 .stripped
                 .is_none()
                 .then(|| daemon.pick_tagged(&route.service))
                 .flatten()
-        });
-        let Some(rev) = rev else {
-            return json_error(
+        })
+    };
+    let Some(mut rev) = pick() else {
+        return Outcome::Gateway(
+            None,
+            json_error(
                 StatusCode::NOT_FOUND,
                 format!("no service named {:?}", route.service),
-            );
-        };
-        match rev.acquire().await {
-            Ok(lease) => break lease,
-            // Out of the split while we waited: choose again.
-            Err(Unavailable::Retired) => tokio::task::yield_now().await,
-            Err(Unavailable::StartFailed(why)) => {
-                return json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("service {}: no instance could start: {why}", route.service),
-                )
-            }
-            Err(Unavailable::Timeout(t)) => {
-                return json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "service {}: no instance was ready within the timeout ({}s)",
-                        route.service,
-                        t.as_secs_f64()
-                    ),
-                )
-            }
-        }
+            ),
+        );
     };
-    if lease.cold.is_some() {
-        daemon.cold_starts.fetch_add(1, Ordering::Relaxed);
+    // Refused before any instance is woken for it.
+    if let Some(len) = content_length(req.headers()) {
+        if len > MAX_BODY {
+            return Outcome::Gateway(Some(rev), too_large(&route.service));
+        }
     }
+    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     let path_and_query = match &route.stripped {
@@ -131,14 +159,22 @@ async fn proxy(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) ->
             .path_and_query()
             .map_or("/".to_string(), |p| p.to_string()),
     };
-    let uri = match format!("http://{}{}", lease.instance.addr, path_and_query).parse::<Uri>() {
-        Ok(u) => u,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
-    };
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
+    let keep_upgrade = upgrade
+        .is_some()
+        .then(|| parts.headers.get(UPGRADE).cloned());
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(Some(proto)) = keep_upgrade {
+        parts.headers.insert(UPGRADE, proto);
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     let h = &mut parts.headers;
+    let request_id = match h.get(REQUEST_ID).filter(|v| valid_request_id(v)) {
+        Some(id) => id.clone(),
+        None => HeaderValue::from_str(&daemon.request_id()).expect("hex is a valid header"),
+    };
+    h.insert(REQUEST_ID, request_id.clone());
     let peer_ip = peer.ip().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {peer_ip}"),
@@ -152,38 +188,215 @@ async fn proxy(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) ->
     if let Some((prefix, _)) = &route.stripped {
         set(h, "x-forwarded-prefix", prefix);
     }
-    let upstream = Request::from_parts(parts, body.boxed());
-
-    match daemon.client.request(upstream).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            set(
-                &mut parts.headers,
-                "x-skiff-revision",
-                &lease.rev_name().to_string(),
-            );
-            if let Some(cold) = lease.cold {
-                set(
-                    &mut parts.headers,
-                    "x-skiff-cold-start",
-                    &cold.as_millis().to_string(),
-                );
+    // A request without a body can go to another instance if the first
+    // refuses the connection (it died, and its monitor has not said so yet).
+    let replayable = body.is_end_stream();
+    let mut body = Some(Capped {
+        inner: body,
+        left: MAX_BODY,
+    });
+    let mut tries = 0;
+    let (resp, lease) = loop {
+        tries += 1;
+        let lease = loop {
+            match rev.acquire().await {
+                Ok(lease) => break lease,
+                // Out of the split while we waited: choose again.
+                Err(Unavailable::Retired) => {
+                    tokio::task::yield_now().await;
+                    match pick() {
+                        Some(r) => rev = r,
+                        None => {
+                            return Outcome::Gateway(
+                                None,
+                                json_error(
+                                    StatusCode::NOT_FOUND,
+                                    format!("no service named {:?}", route.service),
+                                ),
+                            )
+                        }
+                    }
+                }
+                Err(e) => return Outcome::Gateway(Some(rev), unavailable(&route.service, e)),
             }
-            let body = Leased {
-                inner: body.boxed(),
-                _lease: lease,
-            };
-            Response::from_parts(parts, body.boxed())
+        };
+        if let Some(cold) = lease.cold {
+            rev.metrics.cold_start.observe(cold);
         }
-        Err(e) => json_error(
-            StatusCode::BAD_GATEWAY,
+        let uri = match format!("http://{}{}", lease.instance.addr, path_and_query).parse::<Uri>() {
+            Ok(u) => u,
+            Err(e) => {
+                return Outcome::Gateway(
+                    Some(rev),
+                    json_error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
+                )
+            }
+        };
+        let mut upstream = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(Version::HTTP_11)
+            .body(match body.take() {
+                Some(b) => b.boxed(),
+                None => super::full(Bytes::new()),
+            })
+            .expect("parts of a valid request");
+        *upstream.headers_mut() = parts.headers.clone();
+        match daemon.client.request(upstream).await {
+            Ok(resp) => break (resp, lease),
+            Err(e) if e.is_connect() && replayable && tries < 3 => {
+                tracing::debug!(instance = %lease.instance.name, "connect failed: {e}; trying another instance");
+                rev.evict(&lease.instance);
+            }
+            Err(e) => {
+                if e.is_connect() {
+                    rev.evict(&lease.instance);
+                }
+                let resp = if caused_by_cap(&e) {
+                    too_large(&route.service)
+                } else {
+                    json_error(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "service {}: instance {} failed: {}",
+                            route.service,
+                            lease.instance.name,
+                            error_chain(&e)
+                        ),
+                    )
+                };
+                return Outcome::Gateway(Some(rev), resp);
+            }
+        }
+    };
+
+    let mut resp = resp;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_side = switching.then(|| hyper::upgrade::on(&mut resp));
+    let (mut parts, body) = resp.into_parts();
+    let upgraded_to = parts.headers.get(UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    let h = &mut parts.headers;
+    set(h, "x-skiff-revision", &lease.rev_name().to_string());
+    h.insert(REQUEST_ID, request_id);
+    if let Some(cold) = lease.cold {
+        set(h, "x-skiff-cold-start", &cold.as_millis().to_string());
+    }
+    let code = parts.status.as_u16();
+    if let Some(upstream_side) = upstream_side {
+        let (Some(client_side), Some(proto)) = (upgrade, upgraded_to) else {
+            return Outcome::Gateway(
+                Some(rev),
+                json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the instance switched protocols without being asked to",
+                ),
+            );
+        };
+        h.insert(UPGRADE, proto);
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        drop(body);
+        // The connection counts as a request in flight until either side closes.
+        tokio::spawn(async move {
+            let tunnel = async {
+                let (a, b) = tokio::try_join!(client_side, upstream_side)?;
+                let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                tokio::io::copy_bidirectional(&mut a, &mut b).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            if let Err(e) = tunnel.await {
+                tracing::debug!("upgraded connection: {e}");
+            }
+            lease.rev().metrics.request(code, began.elapsed());
+            drop(lease);
+        });
+        return Outcome::Proxied(Response::from_parts(parts, super::full(Bytes::new())));
+    }
+    let body = Leased {
+        inner: body.map_err(Into::into).boxed(),
+        lease: Some(lease),
+        code,
+        began,
+    };
+    Outcome::Proxied(Response::from_parts(parts, body.boxed()))
+}
+
+fn unavailable(service: &str, e: Unavailable) -> Response<Body> {
+    match e {
+        Unavailable::Retired => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("service {service}: the revision was retired"),
+        ),
+        Unavailable::StartFailed(why) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("service {service}: no instance could start: {why}"),
+        ),
+        Unavailable::QueueFull(n) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "service {}: instance {} failed: {e}",
-                route.service, lease.instance.name
+                "service {service}: overloaded: {n} requests already wait for an instance (the queue is full)"
+            ),
+        ),
+        Unavailable::Timeout(t) => json_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "service {service}: no instance was free within the timeout ({}s)",
+                t.as_secs_f64()
             ),
         ),
     }
+}
+
+fn too_large(service: &str) -> Response<Body> {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "service {service}: the request body is larger than the gateway's limit of {} MiB",
+            MAX_BODY >> 20
+        ),
+    )
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// `Connection: upgrade` with an `Upgrade` protocol (a websocket, say).
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(UPGRADE)
+        && h.get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// A client's request id is kept if it is short printable ASCII.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+fn caused_by_cap(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if s.is::<BodyTooLarge>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
@@ -219,21 +432,88 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// A response body that holds the instance's lease until it is done.
+/// A response body that holds the instance's lease until it is done, and
+/// then counts the request (its status and how long the whole exchange
+/// took, the body's end included, or the client's going away).
 struct Leased {
     inner: Body,
-    _lease: Lease,
+    lease: Option<Lease>,
+    code: u16,
+    began: Instant,
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.rev().metrics.request(self.code, self.began.elapsed());
+        }
+    }
 }
 
 impl hyper::body::Body for Leased {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body, failing once more than the limit has come (a
+/// chunked body has no length to check up front).
+struct Capped<B> {
+    inner: B,
+    left: u64,
+}
+
+#[derive(Debug)]
+struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body over {} MiB", MAX_BODY >> 20)
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+impl<B> hyper::body::Body for Capped<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let n = data.len() as u64;
+            if n > self.left {
+                return Poll::Ready(Some(Err(BodyTooLarge.into())));
+            }
+            self.left -= n;
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -265,6 +545,42 @@ mod tests {
         assert_eq!(route(Some(".localhost"), "/"), None);
         let r = route(Some("a.b.localhost"), "/svc/").unwrap();
         assert_eq!(r.service, "svc");
+    }
+
+    #[tokio::test]
+    async fn capped_bodies_fail_past_the_limit() {
+        use http_body_util::{BodyExt, StreamBody};
+        let chunks = |n: usize| {
+            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..n)
+                .map(|_| Ok(Frame::data(Bytes::from(vec![0u8; 1000]))))
+                .collect();
+            StreamBody::new(futures_util::stream::iter(frames))
+        };
+        let under = Capped {
+            inner: chunks(3),
+            left: 3000,
+        };
+        assert_eq!(under.collect().await.unwrap().to_bytes().len(), 3000);
+        let over = Capped {
+            inner: chunks(4),
+            left: 3000,
+        };
+        let e = over.collect().await.unwrap_err();
+        assert!(caused_by_cap(&*e), "{e}");
+    }
+
+    #[test]
+    fn upgrades_and_request_ids() {
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!is_upgrade(&h), "Upgrade without Connection: upgrade");
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(is_upgrade(&h));
+        assert!(valid_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
+        let long = "x".repeat(129);
+        assert!(!valid_request_id(&HeaderValue::from_str(&long).unwrap()));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Instances of a revision: starting one (a container record, a bundle,
-//! a detached monitor running `crun run`, a TCP readiness probe), handing
+//! a detached monitor running `crun run`, a readiness probe: TCP connect,
+//! or an HTTP GET of the spec's readiness path), handing
 //! out leases on ready ones, and stopping them (SIGTERM, grace, SIGKILL).
 //!
 //! Each instance is an ordinary container (`skiff ps` lists it, named
@@ -29,6 +30,7 @@ use skiff_runtime::oci::OciRuntime;
 use skiff_state::{ContainerRecord, OWNER_SERVE};
 use tokio::sync::{watch, Notify};
 
+use super::metrics::{self, RevisionMetrics};
 use crate::container::{new_id, prepare, process_alive, release, BundleOptions};
 use crate::context::Context;
 
@@ -63,6 +65,18 @@ pub enum Unavailable {
     Retired,
     StartFailed(String),
     Timeout(Duration),
+    /// This many requests already wait: the activator's queue is full.
+    QueueFull(usize),
+}
+
+/// How many requests may wait for one revision's instances: ten times
+/// what all of its instances at `max` take at once (Knative's activator
+/// sizes its queue the same way), within 100 and 10 000.
+fn queue_limit(spec: &ServiceSpec) -> usize {
+    if spec.concurrency == 0 || spec.max == 0 {
+        return 10_000;
+    }
+    (10 * spec.concurrency as usize * spec.max as usize).clamp(100, 10_000)
 }
 
 /// One revision's instances and the requests waiting for them.
@@ -82,6 +96,7 @@ pub struct Revision {
     /// The last decision, for `/metrics`.
     pub desired: AtomicU32,
     pub panicking: AtomicBool,
+    pub metrics: RevisionMetrics,
 }
 
 struct Pool {
@@ -113,6 +128,10 @@ pub struct Lease {
 impl Lease {
     pub fn rev_name(&self) -> &RevisionName {
         &self.rev.name
+    }
+
+    pub fn rev(&self) -> &Arc<Revision> {
+        &self.rev
     }
 }
 
@@ -152,6 +171,7 @@ impl Revision {
             clock: SystemClock::new(),
             desired: AtomicU32::new(0),
             panicking: AtomicBool::new(false),
+            metrics: RevisionMetrics::default(),
         });
         let policy = ScalePolicy {
             min_scale: rev.spec.min,
@@ -227,6 +247,10 @@ impl Revision {
                 // instance to free a slot is queueing.
                 waited_for_start |= pool.starting > 0;
                 if !queued.1 {
+                    let limit = queue_limit(&self.spec);
+                    if pool.waiting >= limit {
+                        return Err(Unavailable::QueueFull(limit));
+                    }
                     queued.1 = true;
                     pool.waiting += 1;
                 }
@@ -384,6 +408,44 @@ impl Revision {
         self.lock().ready.len()
     }
 
+    /// The revision's figures for `/metrics`.
+    pub fn view(&self) -> metrics::RevisionView<'_> {
+        let pool = self.lock();
+        metrics::RevisionView {
+            service: self.name.service().to_string(),
+            revision: self.name.to_string(),
+            metrics: &self.metrics,
+            ready: pool.ready.len(),
+            starting: pool.starting,
+            stopping: pool.stopping.len(),
+            waiting: pool.waiting,
+            desired: self.desired.load(Ordering::Relaxed),
+            panicking: self.panicking.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes an instance that refused a connection out of rotation and
+    /// stops it (the app closed its port, or the container is on its way
+    /// out and its monitor has not said so yet); the autoscaler or the
+    /// next request replaces it.
+    pub fn evict(self: &Arc<Self>, inst: &Arc<Instance>) {
+        let found = {
+            let mut pool = self.lock();
+            let before = pool.ready.len();
+            pool.ready.retain(|i| !Arc::ptr_eq(i, inst));
+            let found = pool.ready.len() != before;
+            if found {
+                pool.stopping.push(inst.clone());
+            }
+            found
+        };
+        if found {
+            tracing::warn!(instance = %inst.name, "refused a connection: out of rotation");
+            tokio::spawn(stop(self.root.clone(), inst.clone()));
+        }
+        self.changed.notify_waiters();
+    }
+
     /// The instance left (crashed, or was stopped): out of every list.
     fn forget(&self, inst: &Arc<Instance>) {
         let crashed = {
@@ -495,9 +557,9 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
         }
         let probe = tokio::time::timeout(
             Duration::from_millis(200),
-            tokio::net::TcpStream::connect(addr),
+            probe(addr, rev.spec.readiness_path.as_deref()),
         );
-        if let Ok(Ok(_)) = probe.await {
+        if let Ok(true) = probe.await {
             return Ok(inst);
         }
         if rev.lock().retired {
@@ -514,6 +576,37 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
+}
+
+/// Readiness: the port accepts a connection and, with a path, a GET of
+/// it answers 2xx or 3xx (as Kubernetes' httpGet probe counts success).
+async fn probe(addr: SocketAddr, path: Option<&str>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let Some(path) = path else {
+        return true;
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: skiff-probe\r\nConnection: close\r\n\r\n"
+    );
+    if conn.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    // The status line is all we need: `HTTP/1.1 200 OK`.
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match conn.read(&mut head[n..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(m) => n += m,
+        }
+    }
+    let code = std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse::<u16>().ok());
+    head.starts_with(b"HTTP/1.") && code.is_some_and(|c| (200..400).contains(&c))
 }
 
 /// The blocking half of a start: record, bundle, monitor.

@@ -11,8 +11,9 @@
 mod api;
 mod gateway;
 pub mod instances;
+mod metrics;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,17 +29,21 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use skiff_core::{ServiceName, TrafficTarget};
 
 use crate::context::{require_root, Context};
 use instances::Revision;
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// How often idle instances are looked for.
 const TICK: Duration = Duration::from_millis(250);
-/// A client must send its request head within this.
+/// A client must send its request head within this (slowloris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request head larger than this gets 431.
+const MAX_HEADERS: usize = 64 * 1024;
 
 pub struct Daemon {
     pub root: Arc<PathBuf>,
@@ -50,8 +55,9 @@ pub struct Daemon {
     /// Deploys and deletes one at a time, so the table follows the database's order.
     changes: tokio::sync::Mutex<()>,
     client: Client<HttpConnector, Body>,
-    cold_starts: AtomicU64,
-    /// xorshift64 state for the weighted choice of a revision.
+    /// Requests answered without a service, by status code.
+    unrouted: Mutex<BTreeMap<u16, u64>>,
+    /// xorshift64 state for the weighted choice of a revision and request ids.
     rng: AtomicU64,
 }
 
@@ -78,14 +84,33 @@ impl Daemon {
     /// Shares of 0 are reachable only by their tag.
     fn pick(&self, service: &str) -> Option<Arc<Revision>> {
         let split = self.split(service)?;
+        let i = choose(split.iter().map(|t| t.percent), (self.roll() % 100) as u32);
+        split.get(i).map(|t| t.rev.clone())
+    }
+
+    /// xorshift64: fast, not for secrets. Concurrent requests may reuse a
+    /// roll: harmless.
+    fn roll(&self) -> u64 {
         let mut x = self.rng.load(Ordering::Relaxed);
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        // Concurrent requests may reuse a roll: harmless.
         self.rng.store(x, Ordering::Relaxed);
-        let i = choose(split.iter().map(|t| t.percent), (x % 100) as u32);
-        split.get(i).map(|t| t.rev.clone())
+        x
+    }
+
+    /// A new request id: 32 hex digits.
+    fn request_id(&self) -> String {
+        format!("{:016x}{:016x}", self.roll(), self.roll())
+    }
+
+    fn unrouted(&self, code: u16) {
+        *self
+            .unrouted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(code)
+            .or_default() += 1;
     }
 
     /// `TAG-NAME`: the revision tagged `TAG` in service `NAME`.
@@ -248,7 +273,7 @@ async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) ->
         gating: Mutex::new(Vec::new()),
         changes: tokio::sync::Mutex::new(()),
         client,
-        cold_starts: AtomicU64::new(0),
+        unrouted: Mutex::new(BTreeMap::new()),
         rng: AtomicU64::new(seed()),
     });
     load_routes(&daemon).await?;
@@ -369,10 +394,20 @@ async fn accept_tcp(listener: tokio::net::TcpListener, daemon: Arc<Daemon>, hand
                 let fut = handler(d.clone(), peer, req);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
+            // HTTP/1.1, or h2c (HTTP/2 with prior knowledge, as gRPC
+            // clients and `curl --http2-prior-knowledge` speak it).
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .max_buf_size(MAX_HEADERS);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEADERS as u32)
+                .max_concurrent_streams(256);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection: {e}");
             }
@@ -415,50 +450,24 @@ fn admin_handle(
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
             "/metrics" => {
-                let mut out = String::new();
-                out.push_str("# HELP skiff_instances Ready instances by revision.\n");
-                out.push_str("# TYPE skiff_instances gauge\n");
-                for rev in daemon.revisions() {
-                    out.push_str(&format!(
-                        "skiff_instances{{service=\"{}\",revision=\"{}\"}} {}\n",
-                        rev.name.service(),
-                        rev.name,
-                        rev.ready_count()
-                    ));
-                }
-                for (name, help, get) in [
-                    (
-                        "skiff_autoscaler_desired_instances",
-                        "Instances the autoscaler wants by revision.",
-                        (|r: &Revision| r.desired.load(Ordering::Relaxed)) as fn(&Revision) -> u32,
-                    ),
-                    (
-                        "skiff_autoscaler_panic",
-                        "1 while the revision's autoscaler is in panic mode.",
-                        |r: &Revision| u32::from(r.panicking.load(Ordering::Relaxed)),
-                    ),
-                ] {
-                    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-                    for rev in daemon.revisions() {
-                        out.push_str(&format!(
-                            "{name}{{service=\"{}\",revision=\"{}\"}} {}\n",
-                            rev.name.service(),
-                            rev.name,
-                            get(&rev)
-                        ));
-                    }
-                }
-                out.push_str("# HELP skiff_cold_starts_total Requests that waited for an instance to start.\n");
-                out.push_str("# TYPE skiff_cold_starts_total counter\n");
-                out.push_str(&format!(
-                    "skiff_cold_starts_total {}\n",
-                    daemon.cold_starts.load(Ordering::Relaxed)
-                ));
+                let revs = daemon.revisions();
+                let unrouted = daemon
+                    .unrouted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let out = render_metrics(&revs, &unrouted);
                 text(StatusCode::OK, out)
             }
             _ => json_error(StatusCode::NOT_FOUND, "not found: try /metrics"),
         }
     })
+}
+
+/// Each revision's pool is counted at the moment of the scrape.
+fn render_metrics(revs: &[Arc<Revision>], unrouted: &BTreeMap<u16, u64>) -> String {
+    let views: Vec<_> = revs.iter().map(|r| r.view()).collect();
+    metrics::render(&views, unrouted)
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
