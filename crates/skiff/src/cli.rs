@@ -27,6 +27,10 @@ pub struct Cli {
         default_value = "/var/lib/skiff"
     )]
     pub root: PathBuf,
+    /// The daemon to talk to as tcp://HOST:PORT (its --control), with
+    /// SKIFF_TOKEN; default: the root's unix socket.
+    #[arg(long, global = true, env = "SKIFF_HOST")]
+    pub host: Option<String>,
     /// Verbose logs on stderr (or set SKIFF_LOG=debug).
     #[arg(long, global = true)]
     pub debug: bool,
@@ -135,6 +139,10 @@ pub enum Command {
         /// Where /metrics and /healthz are served.
         #[arg(long, default_value = "127.0.0.1:8081")]
         admin: SocketAddr,
+        /// Also serve the control API on TCP here, e.g. 127.0.0.1:8082; every
+        /// request needs the bearer token (SKIFF_TOKEN, else $SKIFF_ROOT/control.token).
+        #[arg(long)]
+        control: Option<SocketAddr>,
     },
     /// Deploy a new revision of a service (creating the service).
     Deploy(Box<DeployArgs>),
@@ -290,7 +298,8 @@ fn parse_cpus(s: &str) -> Result<u64, String> {
 
 /// Runs the command; the `u8` is the process exit code.
 pub fn dispatch(cli: Cli) -> Result<u8> {
-    let ctx = Context::new(cli.root);
+    let mut ctx = Context::new(cli.root);
+    ctx.host = cli.host;
     match cli.command {
         Command::Run(args) => crate::container::run(&ctx, *args),
         Command::Ps { all, quiet, json } => crate::container::ps(&ctx, all, quiet, json).map(|_| 0),
@@ -320,7 +329,11 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             password_stdin,
         } => crate::images::login(&ctx, &registry, username, password_stdin).map(|_| 0),
         Command::Logout { registry } => crate::images::logout(&ctx, &registry).map(|_| 0),
-        Command::Serve { gateway, admin } => crate::serve::serve(&ctx, gateway, admin),
+        Command::Serve {
+            gateway,
+            admin,
+            control,
+        } => crate::serve::serve(&ctx, gateway, admin, control),
         Command::Deploy(args) => crate::client::deploy(&ctx, *args).map(|_| 0),
         Command::Services { json } => crate::client::services(&ctx, json).map(|_| 0),
         Command::Describe { name, json } => crate::client::describe(&ctx, &name, json).map(|_| 0),

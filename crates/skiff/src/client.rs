@@ -1,10 +1,11 @@
 //! The CLI side of the control API: `deploy`, `services`, `describe`,
-//! `delete`, `traffic`, `revisions`, each one request over `$SKIFF_ROOT/skiff.sock`.
+//! `delete`, `traffic`, `revisions`, each one request over `$SKIFF_ROOT/skiff.sock`,
+//! or with `--host tcp://HOST:PORT` (SKIFF_HOST) over TCP, SKIFF_TOKEN the bearer token.
 
 use anyhow::{bail, Context as _, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use skiff_core::{RevisionName, ServiceName, ServiceSpec, TrafficTarget};
@@ -12,47 +13,69 @@ use skiff_core::{RevisionName, ServiceName, ServiceSpec, TrafficTarget};
 use crate::cli::DeployArgs;
 use crate::context::Context;
 
+/// Where the daemon answers.
+enum Endpoint {
+    Unix(std::path::PathBuf),
+    Tcp { addr: String, token: String },
+}
+
+fn endpoint(ctx: &Context) -> Result<Endpoint> {
+    let Some(host) = &ctx.host else {
+        return Ok(Endpoint::Unix(crate::serve::socket_path(ctx)));
+    };
+    let Some(addr) = host
+        .strip_prefix("tcp://")
+        .map(|a| a.trim_end_matches('/'))
+        .filter(|a| !a.is_empty())
+    else {
+        bail!("--host {host:?}: expected tcp://HOST:PORT");
+    };
+    let token = std::env::var("SKIFF_TOKEN").unwrap_or_default();
+    let token = token.trim();
+    if token.is_empty() {
+        bail!(
+            "{host} needs the daemon's control token: set SKIFF_TOKEN \
+             (read it from $SKIFF_ROOT/control.token on the daemon's machine)"
+        );
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("SKIFF_TOKEN must be printable ASCII without spaces");
+    }
+    Ok(Endpoint::Tcp {
+        addr: addr.to_string(),
+        token: token.to_string(),
+    })
+}
+
 /// One request to the daemon; the JSON it answered, or its error as ours.
 fn call(ctx: &Context, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
-    let sock = crate::serve::socket_path(ctx);
+    let endpoint = endpoint(ctx)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let stream = match tokio::net::UnixStream::connect(&sock).await {
-            Ok(s) => s,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                bail!(
-                    "skiff daemon not running on {}: start it with `skiff serve`",
-                    sock.display()
-                )
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot reach the skiff daemon on {}", sock.display())
-                })
-            }
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("the skiff daemon did not answer")?;
-        tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, "skiff")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .context("the skiff daemon did not answer")?;
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        let body = Full::new(Bytes::from(body.unwrap_or_default()));
+        let resp = match &endpoint {
+            Endpoint::Unix(sock) => {
+                let at = sock.display().to_string();
+                let stream = reached(tokio::net::UnixStream::connect(sock).await, &at, "")?;
+                send(stream, req.header(hyper::header::HOST, "skiff").body(body)?).await?
+            }
+            Endpoint::Tcp { addr, token } => {
+                let at = format!("tcp://{addr}");
+                let stream = tokio::net::TcpStream::connect(addr.as_str()).await;
+                let stream = reached(stream, &at, " --control ADDR")?;
+                let req = req
+                    .header(hyper::header::HOST, addr.as_str())
+                    .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+                send(stream, req.body(body)?).await?
+            }
+        };
         let status = resp.status();
         let bytes = resp
             .into_body()
@@ -68,6 +91,36 @@ fn call(ctx: &Context, method: Method, path: &str, body: Option<Vec<u8>>) -> Res
         }
         Ok(value)
     })
+}
+
+/// The connection, or why the daemon is not there (`at`: its address).
+fn reached<S>(connected: std::io::Result<S>, at: &str, flags: &str) -> Result<S> {
+    match connected {
+        Ok(s) => Ok(s),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            bail!("skiff daemon not running on {at}: start it with `skiff serve{flags}`")
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot reach the skiff daemon on {at}")),
+    }
+}
+
+async fn send<S>(stream: S, req: Request<Full<Bytes>>) -> Result<Response<hyper::body::Incoming>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("the skiff daemon did not answer")?;
+    tokio::spawn(conn);
+    sender
+        .send_request(req)
+        .await
+        .context("the skiff daemon did not answer")
 }
 
 pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
@@ -108,8 +161,11 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         spec.command = Some(args.command.clone());
     }
     spec.validate()?;
-    // The daemon must find the image when the first request comes.
-    crate::images::resolve_or_pull(ctx, &args.image)?;
+    // The daemon must find the image when the first request comes. Over
+    // TCP the local store is not the daemon's: it pulls when it starts one.
+    if ctx.host.is_none() {
+        crate::images::resolve_or_pull(ctx, &args.image)?;
+    }
     let query = if args.no_traffic { "?traffic=none" } else { "" };
     let answer = call(
         ctx,

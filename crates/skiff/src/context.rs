@@ -7,6 +7,7 @@
 //!                      hosts, hostname, resolv.conf, container.log, crun.log
 //!   state.db           SQLite: containers, services, revisions, traffic
 //!   skiff.sock         the daemon's control API (root only)
+//!   control.token      the bearer token of the control API on TCP (serve --control)
 //!   auth.json          registry credentials (Docker's config.json format)
 //! /run/skiff/<hash of $SKIFF_ROOT>/
 //!   netns/<id>         the container's network namespace (a bind mount)
@@ -29,6 +30,9 @@ use skiff_state::State;
 
 pub struct Context {
     pub root: PathBuf,
+    /// The daemon the CLI talks to (`--host`): `tcp://HOST:PORT`, or none
+    /// for the root's `skiff.sock`.
+    pub host: Option<String>,
     store: OnceCell<Store>,
     state: OnceCell<State>,
 }
@@ -37,6 +41,7 @@ impl Context {
     pub fn new(root: PathBuf) -> Context {
         Context {
             root,
+            host: None,
             store: OnceCell::new(),
             state: OnceCell::new(),
         }

@@ -1,4 +1,7 @@
-//! The control API: HTTP/1.1 JSON on `$SKIFF_ROOT/skiff.sock`.
+//! The control API: HTTP/1.1 JSON on `$SKIFF_ROOT/skiff.sock` (root only,
+//! no token), and with `skiff serve --control ADDR` on TCP too, where every
+//! request needs `Authorization: Bearer <token>` (`SKIFF_TOKEN`, else
+//! `$SKIFF_ROOT/control.token`; see `auth`) or gets 401 before anything is read.
 //!
 //! ```text
 //! POST   /v1/services/{name}/revisions   body: ServiceSpec → 201 {service, revision, traffic, urls}
@@ -8,7 +11,7 @@
 //! GET    /v1/services/{name}             → {name, revisions, traffic, instances, urls}
 //! DELETE /v1/services/{name}             → {deleted}
 //! ```
-//! Errors are `{"error": "..."}` with 400 (bad input), 404 or 500.
+//! Errors are `{"error": "..."}` with 400 (bad input), 401 (TCP: no or wrong token), 404 or 500.
 
 use std::sync::Arc;
 

@@ -4,11 +4,13 @@
 //! state database owns services, revisions and traffic, so a restarted
 //! daemon routes again what was deployed.
 //!
-//! - `api`: the control API (HTTP/1.1 JSON on `$SKIFF_ROOT/skiff.sock`)
+//! - `api`: the control API (HTTP/1.1 JSON on `$SKIFF_ROOT/skiff.sock`,
+//!   and with `--control ADDR` on TCP behind a bearer token: `auth`)
 //! - `gateway`: routing, the activator wait, the reverse proxy
 //! - `instances`: starting, leasing and stopping a revision's instances
 
 mod api;
+mod auth;
 mod gateway;
 pub mod instances;
 mod metrics;
@@ -48,6 +50,8 @@ const MAX_HEADERS: usize = 64 * 1024;
 pub struct Daemon {
     pub root: Arc<PathBuf>,
     pub gateway: SocketAddr,
+    /// What every request to the TCP control listener must bear (`--control`).
+    control_token: Option<String>,
     /// Service name → its traffic split (largest share first).
     routes: Mutex<HashMap<String, Vec<Target>>>,
     /// New revisions starting their first instance before taking traffic.
@@ -204,7 +208,12 @@ pub fn socket_path(ctx: &Context) -> PathBuf {
     ctx.root.join("skiff.sock")
 }
 
-pub fn serve(ctx: &Context, gateway: SocketAddr, admin: SocketAddr) -> Result<u8> {
+pub fn serve(
+    ctx: &Context,
+    gateway: SocketAddr,
+    admin: SocketAddr,
+    control: Option<SocketAddr>,
+) -> Result<u8> {
     require_root("skiff serve")?;
     // Creates the data directory and the database before anything listens.
     ctx.state()?;
@@ -213,13 +222,18 @@ pub fn serve(ctx: &Context, gateway: SocketAddr, admin: SocketAddr) -> Result<u8
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run(ctx, gateway, admin));
+    let result = runtime.block_on(run(ctx, gateway, admin, control));
     // Every instance has been stopped; nothing left worth waiting for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) -> Result<u8> {
+async fn run(
+    ctx: &Context,
+    gateway_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    control_addr: Option<SocketAddr>,
+) -> Result<u8> {
     let sock = socket_path(ctx);
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         bail!(
@@ -235,6 +249,10 @@ async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) ->
         }
         _ => {}
     }
+    let token = control_addr
+        .map(|_| auth::load(&ctx.root))
+        .transpose()
+        .context("cannot set up the control token (--control)")?;
     // No daemon serves this root: instances still recorded were left by
     // one that was killed, and still hold addresses, mounts and leases.
     let root = ctx.root.clone();
@@ -251,6 +269,14 @@ async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) ->
     let admin = tokio::net::TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("cannot listen on {admin_addr} (--admin)"))?;
+    let control_tcp = match control_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (--control)"))?,
+        ),
+        None => None,
+    };
     let control = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("cannot listen on {}", sock.display()))?;
     {
@@ -269,6 +295,7 @@ async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) ->
     let daemon = Arc::new(Daemon {
         root: Arc::new(ctx.root.clone()),
         gateway: gateway.local_addr()?,
+        control_token: token.as_ref().map(|(t, _)| t.clone()),
         routes: Mutex::new(HashMap::new()),
         gating: Mutex::new(Vec::new()),
         changes: tokio::sync::Mutex::new(()),
@@ -278,14 +305,19 @@ async fn run(ctx: &Context, gateway_addr: SocketAddr, admin_addr: SocketAddr) ->
     });
     load_routes(&daemon).await?;
 
-    let tasks = [
+    let mut tasks = vec![
         tokio::spawn(accept_tcp(gateway, daemon.clone(), gateway::handle)),
         tokio::spawn(accept_tcp(admin, daemon.clone(), admin_handle)),
         tokio::spawn(accept_unix(control, daemon.clone())),
         tokio::spawn(autoscale(daemon.clone())),
     ];
+    let mut tcp = String::new();
+    if let (Some(l), Some((_, from))) = (control_tcp, &token) {
+        tcp = format!(" and http://{} (bearer token {from})", l.local_addr()?);
+        tasks.push(tokio::spawn(accept_tcp(l, daemon.clone(), control_handle)));
+    }
     eprintln!(
-        "skiff: serving {} — gateway http://{}/ , admin http://{}/metrics , control {}",
+        "skiff: serving {} — gateway http://{}/ , admin http://{}/metrics , control {}{tcp}",
         ctx.root.display(),
         daemon.gateway,
         admin_addr,
@@ -438,6 +470,24 @@ async fn accept_unix(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
             }
         });
     }
+}
+
+/// The control API over TCP: only with the bearer token, checked before
+/// anything else (the unix socket is root's alone and needs none).
+fn control_handle(
+    daemon: Arc<Daemon>,
+    _peer: SocketAddr,
+    req: Request<Incoming>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
+    Box::pin(async move {
+        let Some(token) = daemon.control_token.as_deref() else {
+            return json_error(StatusCode::UNAUTHORIZED, "no control token is set");
+        };
+        if let Some(refused) = auth::refused(&req, token) {
+            return refused;
+        }
+        api::handle(daemon, req).await
+    })
 }
 
 /// `/metrics` (Prometheus text) and `/healthz`.

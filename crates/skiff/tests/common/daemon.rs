@@ -16,16 +16,19 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(s: &Skiff) -> Daemon {
+        Daemon::start_with(s, &[])
+    }
+
+    /// With more `skiff serve` flags, e.g. `--control ADDR`.
+    pub fn start_with(s: &Skiff, extra: &[&str]) -> Daemon {
         let gateway = free_port();
         let admin = free_port();
+        let (gateway_addr, admin_addr) =
+            (format!("127.0.0.1:{gateway}"), format!("127.0.0.1:{admin}"));
+        let mut args = vec!["serve", "--gateway", &gateway_addr, "--admin", &admin_addr];
+        args.extend_from_slice(extra);
         let child = s
-            .cmd(&[
-                "serve",
-                "--gateway",
-                &format!("127.0.0.1:{gateway}"),
-                "--admin",
-                &format!("127.0.0.1:{admin}"),
-            ])
+            .cmd(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

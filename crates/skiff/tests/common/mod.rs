@@ -50,6 +50,9 @@ impl Skiff {
         let mut c = Command::new(BIN);
         c.env("SKIFF_ROOT", self.root.path())
             .env_remove("SKIFF_LOG")
+            // The CLI talks to this root's own daemon, whatever the caller's shell says.
+            .env_remove("SKIFF_HOST")
+            .env_remove("SKIFF_TOKEN")
             .args(args)
             .stdin(Stdio::null());
         c
