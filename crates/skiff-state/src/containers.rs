@@ -51,6 +51,10 @@ pub struct ContainerRecord {
     /// Who started it: `None` for `skiff run`, [`OWNER_SERVE`] for an instance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Where its output is logged: `None` for the default, the container's
+    /// own directory (gone with it); a service instance's outlives it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
 }
 
 /// The owner of the serving daemon's instances.
@@ -78,6 +82,7 @@ impl ContainerRecord {
             auto_remove: false,
             runtime: runtime.to_string(),
             owner: None,
+            log_path: None,
         }
     }
 }
@@ -87,8 +92,9 @@ impl State {
     pub fn insert_container(&self, c: &ContainerRecord) -> Result<(), StateError> {
         let res = self.conn.execute(
             "INSERT INTO containers (id, name, image, image_id, command, created_ms, status, pid,
-                monitor_pid, exit_code, finished_ms, ip, ports, auto_remove, runtime, owner)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                monitor_pid, exit_code, finished_ms, ip, ports, auto_remove, runtime, owner,
+                log_path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 c.id,
                 c.name,
@@ -106,6 +112,7 @@ impl State {
                 c.auto_remove,
                 c.runtime,
                 c.owner,
+                c.log_path,
             ],
         );
         match res {
@@ -250,6 +257,7 @@ fn read_row(r: &Row<'_>) -> Result<ContainerRecord, StateError> {
         auto_remove: r.get("auto_remove")?,
         runtime: r.get("runtime")?,
         owner: r.get("owner")?,
+        log_path: r.get("log_path")?,
         id,
     })
 }
@@ -276,6 +284,7 @@ mod tests {
             auto_remove: false,
             runtime: "crun".into(),
             owner: None,
+            log_path: None,
         }
     }
 
@@ -345,11 +354,14 @@ mod tests {
         // Only the daemon's instances carry an owner.
         let mut inst = record("0123456789", "hello-00001-01234");
         inst.owner = Some(OWNER_SERVE.into());
+        inst.log_path = Some("/r/logs/hello/hello-00001-01234.log".into());
         s.insert_container(&inst).unwrap();
         let owned = s.list_containers_owned_by(OWNER_SERVE).unwrap();
         assert_eq!(owned.len(), 1);
         assert_eq!(owned[0].owner.as_deref(), Some(OWNER_SERVE));
-        assert_eq!(s.find_container("web").unwrap().unwrap().owner, None);
+        assert_eq!(owned[0].log_path, inst.log_path);
+        let web = s.find_container("web").unwrap().unwrap();
+        assert_eq!((web.owner, web.log_path), (None, None));
         assert!(s.remove_container("0123456789").unwrap());
 
         // Reopening keeps the data and does not re-run migrations.

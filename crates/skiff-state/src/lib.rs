@@ -115,6 +115,11 @@ CREATE TABLE traffic (
     r#"
 ALTER TABLE containers ADD COLUMN owner TEXT;
 "#,
+    // Where the container's output goes when not in its own directory:
+    // a service instance's log outlives the instance (NULL: the default).
+    r#"
+ALTER TABLE containers ADD COLUMN log_path TEXT;
+"#,
 ];
 
 pub struct State {

@@ -53,12 +53,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a container's output.
+    /// Print a container's output, or all of a service's instances'
+    /// (merged by time, each line prefixed with its instance).
     Logs {
-        /// Keep printing new output until the container exits.
+        /// Keep printing new output: until the container exits, or for a
+        /// service until interrupted (new instances included).
         #[arg(short, long)]
         follow: bool,
-        container: String,
+        /// Only the last N lines.
+        #[arg(short = 'n', long, value_name = "N")]
+        tail: Option<usize>,
+        /// A container, or a service.
+        name: String,
     },
     /// Stop running containers: the stop signal, a grace period, then SIGKILL.
     Stop {
@@ -303,8 +309,8 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Run(args) => crate::container::run(&ctx, *args),
         Command::Ps { all, quiet, json } => crate::container::ps(&ctx, all, quiet, json).map(|_| 0),
-        Command::Logs { follow, container } => {
-            crate::logs::print(&ctx, &container, follow).map(|_| 0)
+        Command::Logs { follow, tail, name } => {
+            crate::logs::print(&ctx, &name, follow, tail).map(|_| 0)
         }
         Command::Stop { time, containers } => {
             crate::container::stop(&ctx, &containers, time).map(|_| 0)

@@ -5,6 +5,8 @@
 //!   images/            content store (an OCI image layout + unpacked layers)
 //!   containers/<id>/   bundle: config.json, rootfs (overlay mount), upper, work,
 //!                      hosts, hostname, resolv.conf, container.log, crun.log
+//!   logs/<service>/    service instances' output, which outlives them:
+//!                      <instance>.log (and .log.1, rotated)
 //!   state.db           SQLite: containers, services, revisions, traffic
 //!   skiff.sock         the daemon's control API (root only)
 //!   control.token      the bearer token of the control API on TCP (serve --control)
@@ -25,6 +27,7 @@ use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
+use skiff_core::ServiceName;
 use skiff_image::store::Store;
 use skiff_state::State;
 
@@ -90,6 +93,11 @@ impl Context {
 
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)
+    }
+
+    /// Where a service's instances log (see `logs`).
+    pub fn service_logs_dir(&self, service: &ServiceName) -> PathBuf {
+        self.root.join("logs").join(service.as_str())
     }
 
     /// `/run/skiff/<12 hex of sha256(canonical root)>`.

@@ -32,7 +32,7 @@ use skiff_state::ContainerRecord;
 
 use crate::container::release;
 use crate::context::Context;
-use crate::logs::{open_log, pump, Stream};
+use crate::logs::{log_path, open_log, pump, Stream};
 use skiff_state::now_ms;
 
 pub struct Options {
@@ -175,7 +175,7 @@ fn start(
         .with_context(|| format!("cannot start the OCI runtime {}", runtime.name()))?;
     let mut pumps = Vec::new();
     if keep_log {
-        let log = open_log(&dir)?;
+        let log = open_log(&log_path(ctx, record))?;
         let tee = opts.foreground;
         if let Some(out) = child.stdout.take() {
             let l = log.clone();

@@ -392,6 +392,14 @@ async fn delete(daemon: &Arc<Daemon>, name: &str) -> Response<Body> {
     if let Err(r) = with_state(daemon, move |st| st.delete_service(&n).map_err(state_err)).await {
         return r.into();
     }
+    // Its instances' logs outlived them, not the service.
+    let (root, n) = (daemon.root.clone(), name.clone());
+    let removed = tokio::task::spawn_blocking(move || {
+        crate::logs::remove_service_logs(&Context::new(root.to_path_buf()), &n)
+    });
+    if let Ok(Err(e)) = removed.await {
+        tracing::warn!(service = %name, "{e:#}");
+    }
     tracing::info!(service = %name, "deleted");
     json(StatusCode::OK, &json!({ "deleted": name.as_str() }))
 }

@@ -618,10 +618,18 @@ fn create(root: &Path, rev: &Revision) -> Result<(String, String, Ipv4Addr, Chil
     let name = format!("{}-{}", rev.name, &id[..5]);
     let runtime = OciRuntime::new(RUNTIME, ctx.runtime_state_dir(RUNTIME))?;
     let command = spec.command.clone().unwrap_or_default();
+    // The instance's output outlives it, within the service's budget.
+    let service = rev.name.service();
+    if let Err(e) = crate::logs::prune_service_logs(&ctx, service) {
+        tracing::warn!(%service, "cannot prune the logs: {e:#}");
+    }
+    let log = ctx.service_logs_dir(service).join(format!("{name}.log"));
     let record = ContainerRecord {
         command: command.clone(),
         auto_remove: true,
         owner: Some(OWNER_SERVE.to_string()),
+        // A root whose path is not UTF-8 keeps the default: the container's directory.
+        log_path: log.to_str().map(String::from),
         ..ContainerRecord::created(&id, &name, &spec.image, &image.id.to_string(), RUNTIME)
     };
     let state = ctx.state()?;
