@@ -6,8 +6,9 @@
 //! Each instance is an ordinary container (`skiff ps` lists it, named
 //! `REVISION-<5 hex>`) watched by its own `skiff __monitor` process, which
 //! records the exit and releases the rootfs, network and cgroup, and (the
-//! record being auto-remove) drops the record and the directory. The
-//! daemon is the monitor's parent: a blocking thread waits for it, so a
+//! record being auto-remove) drops the record and the directory. Its
+//! output goes to `logs/<service>/<instance>.log`, which outlives it
+//! (`skiff logs SERVICE`). The daemon is the monitor's parent: a blocking thread waits for it, so a
 //! crash takes the instance out of rotation at once.
 //!
 //! Instance records are marked with the owner `serve`. Monitors run in
@@ -639,7 +640,6 @@ fn create(root: &Path, rev: &Revision) -> Result<(String, String, Ipv4Addr, Chil
         release(&ctx, &id, &runtime, true);
         e
     };
-    let service = rev.name.service().to_string();
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.push(format!("PORT={}", spec.port));
     env.push(format!("K_SERVICE={service}"));
