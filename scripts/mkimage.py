@@ -50,6 +50,29 @@ printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade
 exec cat
 """
 
+# A Lambda custom runtime (the Runtime API with busybox wget), for the
+# tests: answers {"echo": EVENT, "function": NAME}; an event with
+# "fail" posts an error, "sleep" sleeps 30 s (past any test timeout),
+# "exit" exits mid-invocation, "print" prints a log line first.
+LAMBDA_ECHO = b"""#!/bin/sh
+api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
+echo "init $AWS_LAMBDA_FUNCTION_NAME handler=$_HANDLER"
+while true; do
+  event=$(wget -q -S -O - "$api/invocation/next" 2>/tmp/headers) || exit 1
+  id=$(sed -n 's/^ *[Ll]ambda-[Rr]untime-[Aa]ws-[Rr]equest-[Ii]d: *//p' /tmp/headers | tr -d '\r')
+  case "$event" in
+    *print*) echo "handling $id" ;;
+  esac
+  case "$event" in
+    *fail*) wget -q -O /dev/null --header 'Lambda-Runtime-Function-Error-Type: Unhandled' \
+              --post-data '{"errorMessage":"asked to fail","errorType":"EchoError"}' "$api/invocation/$id/error" ;;
+    *sleep*) sleep 30 ;;
+    *exit*) exit 3 ;;
+    *) wget -q -O /dev/null --post-data "{\\"echo\\":$event,\\"function\\":\\"$AWS_LAMBDA_FUNCTION_NAME\\"}" "$api/invocation/$id/response" ;;
+  esac
+done
+"""
+
 
 def add_file(tar, path, data, mode=0o644):
     info = tarfile.TarInfo(path)
@@ -100,6 +123,7 @@ def busybox_layer(demo):
             for name, script in DEMO_CGI.items():
                 add_file(tar, f"www/cgi-bin/{name}", script, 0o755)
             add_file(tar, "bin/upgrade-echo", UPGRADE_ECHO, 0o755)
+            add_file(tar, "bin/lambda-echo", LAMBDA_ECHO, 0o755)
     return buf.getvalue()
 
 

@@ -353,6 +353,13 @@ fn is_mounted_netns(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
+/// Makes sure the bridge exists, up, with the gateway address: for a
+/// daemon that listens on `GATEWAY` before any container is attached.
+pub fn ensure_bridge_up() -> Result<(), NetworkError> {
+    let mut nl = Netlink::open().map_err(nl_err("open a netlink socket"))?;
+    ensure_bridge(&mut nl).map(|_| ())
+}
+
 /// The bridge's index; creates it (up, with the gateway address) when
 /// missing. Concurrent creators are fine: EEXIST means someone else won.
 fn ensure_bridge(nl: &mut Netlink) -> Result<u32, NetworkError> {

@@ -180,6 +180,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Invoke a Lambda-mode service: the result on stdout, the log tail on stderr.
+    Invoke {
+        name: String,
+        /// The event: JSON, or @FILE (default {}).
+        #[arg(long)]
+        payload: Option<String>,
+        /// Queue it (an Event invocation, retried on failure) and return at once.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// A revision number or a traffic tag (default: the traffic split).
+        #[arg(long)]
+        qualifier: Option<String>,
+    },
     /// (internal) The process that watches a detached container.
     #[command(name = "__monitor", hide = true)]
     Monitor {
@@ -281,6 +294,10 @@ pub struct DeployArgs {
     /// Create the revision without moving traffic to it (see `skiff traffic`).
     #[arg(long)]
     pub no_traffic: bool,
+    /// http: the container listens on $PORT; lambda: it runs an AWS Lambda
+    /// runtime client (one invocation at a time per instance).
+    #[arg(long, default_value = "http", value_parser = ["http", "lambda"])]
+    pub mode: String,
     /// Ready once a GET of this path answers 2xx/3xx (default: once the port accepts).
     #[arg(long, value_name = "PATH")]
     pub readiness_path: Option<String>,
@@ -348,6 +365,18 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             crate::client::traffic(&ctx, &name, &split, &tag).map(|_| 0)
         }
         Command::Revisions { name, json } => crate::client::revisions(&ctx, &name, json).map(|_| 0),
+        Command::Invoke {
+            name,
+            payload,
+            asynchronous,
+            qualifier,
+        } => crate::client::invoke(
+            &ctx,
+            &name,
+            payload.as_deref(),
+            asynchronous,
+            qualifier.as_deref(),
+        ),
         Command::Monitor {
             id,
             notify_fd,

@@ -2,6 +2,8 @@
 //! `delete`, `traffic`, `revisions`, each one request over `$SKIFF_ROOT/skiff.sock`,
 //! or with `--host tcp://HOST:PORT` (SKIFF_HOST) over TCP, SKIFF_TOKEN the bearer token.
 
+use std::io::Write as _;
+
 use anyhow::{bail, Context as _, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -49,16 +51,37 @@ fn endpoint(ctx: &Context) -> Result<Endpoint> {
 
 /// One request to the daemon; the JSON it answered, or its error as ours.
 fn call(ctx: &Context, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+    let (status, _, bytes) = exchange(ctx, method, path, &[], body)?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the skiff daemon answered {status} without JSON"))?;
+    if !status.is_success() {
+        let why = value["error"].as_str().unwrap_or("no reason given");
+        bail!("{why}");
+    }
+    Ok(value)
+}
+
+/// One request to the daemon; its status, headers and whole body.
+fn exchange(
+    ctx: &Context,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<(hyper::StatusCode, hyper::HeaderMap, Bytes)> {
     let endpoint = endpoint(ctx)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::CONTENT_TYPE, "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         let body = Full::new(Bytes::from(body.unwrap_or_default()));
         let resp = match &endpoint {
             Endpoint::Unix(sock) => {
@@ -76,24 +99,87 @@ fn call(ctx: &Context, method: Method, path: &str, body: Option<Vec<u8>>) -> Res
                 send(stream, req.body(body)?).await?
             }
         };
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
+        let (parts, body) = resp.into_parts();
+        let bytes = body
             .collect()
             .await
             .context("the skiff daemon's answer broke off")?
             .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("the skiff daemon answered {status} without JSON"))?;
-        if !status.is_success() {
-            let why = value["error"].as_str().unwrap_or("no reason given");
-            bail!("{why}");
-        }
-        Ok(value)
+        Ok((parts.status, parts.headers, bytes))
     })
 }
 
-/// The connection, or why the daemon is not there (`at`: its address).
+/// `skiff invoke NAME [--payload JSON|@FILE] [--async] [--qualifier Q]`:
+/// the result on stdout, the log tail on stderr; exit 1 on a function error.
+pub fn invoke(
+    ctx: &Context,
+    name: &str,
+    payload: Option<&str>,
+    asynchronous: bool,
+    qualifier: Option<&str>,
+) -> Result<u8> {
+    let payload = match payload {
+        Some(p) => match p.strip_prefix('@') {
+            Some(file) => {
+                std::fs::read(file).with_context(|| format!("--payload: cannot read {file}"))?
+            }
+            None => p.as_bytes().to_vec(),
+        },
+        None => b"{}".to_vec(),
+    };
+    if serde_json::from_slice::<Value>(&payload).is_err() {
+        bail!("--payload: not valid JSON");
+    }
+    let mut path = format!("{}/invoke", service_path(name)?);
+    if let Some(q) = qualifier {
+        path.push_str(&format!("?Qualifier={}", path_seg(q)?));
+    }
+    let kind = if asynchronous {
+        "Event"
+    } else {
+        "RequestResponse"
+    };
+    let (status, headers, body) = exchange(
+        ctx,
+        Method::POST,
+        &path,
+        &[("x-amz-invocation-type", kind), ("x-amz-log-type", "Tail")],
+        Some(payload),
+    )?;
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if !status.is_success() {
+        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let why = v["message"]
+            .as_str()
+            .or(v["error"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        match header("x-amzn-errortype") {
+            Some(kind) => bail!("{kind}: {why}"),
+            None => bail!("{why}"),
+        }
+    }
+    if asynchronous {
+        println!(
+            "Queued: request {}",
+            header("x-amzn-requestid").unwrap_or("?")
+        );
+        return Ok(0);
+    }
+    use base64::Engine as _;
+    let log = header("x-amz-log-result")
+        .and_then(|l| base64::engine::general_purpose::STANDARD.decode(l).ok());
+    if let Some(log) = log {
+        std::io::stderr().write_all(&log)?;
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&body)?;
+    if !body.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    Ok(u8::from(header("x-amz-function-error").is_some()))
+}
+
 fn reached<S>(connected: std::io::Result<S>, at: &str, flags: &str) -> Result<S> {
     match connected {
         Ok(s) => Ok(s),
@@ -157,6 +243,7 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         spec.idle_timeout = t;
     }
     spec.readiness_path = args.readiness_path.clone();
+    spec.mode = args.mode.parse()?;
     if !args.command.is_empty() {
         spec.command = Some(args.command.clone());
     }

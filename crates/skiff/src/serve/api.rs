@@ -10,6 +10,8 @@
 //! GET    /v1/services                    → [{name, revision, instances, urls}]
 //! GET    /v1/services/{name}             → {name, revisions, traffic, instances, urls}
 //! DELETE /v1/services/{name}             → {deleted}
+//! POST   /v1/services/{name}/invoke      a Lambda-mode service: as the Invoke API
+//!        (payload body, X-Amz-Invocation-Type, X-Amz-Log-Type, ?Qualifier=)
 //! ```
 //! Errors are `{"error": "..."}` with 400 (bad input), 401 (TCP: no or wrong token), 404 or 500.
 
@@ -19,7 +21,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use skiff_core::{RevisionStatus, ServiceName, ServiceSpec, TrafficTarget};
+use skiff_core::{Mode, RevisionStatus, ServiceName, ServiceSpec, TrafficTarget};
 use skiff_state::StateError;
 
 use super::instances::{Revision, Unavailable};
@@ -44,6 +46,17 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Response<Bod
         (Method::PUT, ["v1", "services", name, "traffic"]) => {
             let name = name.to_string();
             traffic(&daemon, &name, req).await
+        }
+        (Method::POST, ["v1", "services", name, "invoke"]) => {
+            let name = name.to_string();
+            let qualifier = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("Qualifier="))
+                    .map(str::to_string)
+            });
+            super::lambda::invoke::invoke(&daemon, &name, qualifier, req)
+                .await
+                .1
         }
         _ => json_error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
@@ -131,10 +144,14 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
         Ok(b) => b.to_bytes(),
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
     };
-    let spec: ServiceSpec = match serde_json::from_slice(&body) {
+    let mut spec: ServiceSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("service spec: {e}")),
     };
+    // A Lambda runtime client takes one invocation at a time.
+    if spec.mode == Mode::Lambda {
+        spec.concurrency = 1;
+    }
     if let Err(e) = spec.validate() {
         return json_error(StatusCode::BAD_REQUEST, e);
     }
@@ -154,7 +171,12 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
         Ok(r) => r,
         Err(resp) => return resp.into(),
     };
-    let rev = Revision::new(rev_name.clone(), spec, daemon.root.clone());
+    let rev = Revision::new(
+        rev_name.clone(),
+        spec,
+        daemon.root.clone(),
+        daemon.hub.clone(),
+    );
     let answer = |traffic: &str| {
         tracing::info!(revision = %rev_name, traffic, "deployed");
         json(

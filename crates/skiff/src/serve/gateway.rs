@@ -21,6 +21,7 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use super::instances::{Lease, Revision, Unavailable};
+use super::lambda;
 use super::{json_error, Body, BoxError, Daemon};
 
 type Fut = Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
@@ -88,7 +89,16 @@ enum Outcome {
 
 async fn answer(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let began = Instant::now();
-    match proxy(&daemon, peer, req, began).await {
+    let outcome = if lambda::invoke::is_invoke_path(req.uri().path()) {
+        // The invocation counts itself on its revision.
+        match lambda::invoke::api(&daemon, req).await {
+            (Some(_), resp) => Outcome::Proxied(resp),
+            (None, resp) => Outcome::Gateway(None, resp),
+        }
+    } else {
+        proxy(&daemon, peer, req, began).await
+    };
+    match outcome {
         Outcome::Proxied(resp) => resp,
         Outcome::Gateway(Some(rev), resp) => {
             rev.metrics.request(resp.status().as_u16(), began.elapsed());

@@ -26,11 +26,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 use skiff_control::autoscaler::{Autoscaler, Clock as _, ScalePolicy, SystemClock};
-use skiff_core::{RevisionName, RevisionStatus, ServiceSpec};
+use skiff_core::{Mode, RevisionName, RevisionStatus, ServiceSpec};
 use skiff_runtime::oci::OciRuntime;
 use skiff_state::{ContainerRecord, OWNER_SERVE};
 use tokio::sync::{watch, Notify};
 
+use super::lambda::{self, Hub, Slot};
 use super::metrics::{self, RevisionMetrics};
 use crate::container::{new_id, prepare, process_alive, release, BundleOptions};
 use crate::context::Context;
@@ -48,6 +49,8 @@ pub struct Instance {
     inflight: AtomicUsize,
     /// Becomes true once the monitor (and so the container) has exited.
     exited: watch::Receiver<bool>,
+    /// Lambda mode: the instance's side of the Runtime API.
+    pub lambda: Option<Arc<Slot>>,
 }
 
 #[derive(Serialize)]
@@ -85,6 +88,7 @@ pub struct Revision {
     pub name: RevisionName,
     pub spec: ServiceSpec,
     root: Arc<PathBuf>,
+    hub: Arc<Hub>,
     pool: Mutex<Pool>,
     /// Woken when an instance becomes ready, frees a slot, exits, or a start fails.
     changed: Notify,
@@ -149,11 +153,17 @@ impl Drop for Lease {
 }
 
 impl Revision {
-    pub fn new(name: RevisionName, spec: ServiceSpec, root: Arc<PathBuf>) -> Arc<Revision> {
+    pub fn new(
+        name: RevisionName,
+        spec: ServiceSpec,
+        root: Arc<PathBuf>,
+        hub: Arc<Hub>,
+    ) -> Arc<Revision> {
         let rev = Arc::new(Revision {
             name,
             spec,
             root,
+            hub,
             pool: Mutex::new(Pool {
                 ready: Vec::new(),
                 stopping: Vec::new(),
@@ -201,7 +211,7 @@ impl Revision {
     /// revision's waiting requests, at most the service timeout.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Unavailable> {
         let began = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.spec.timeout;
+        let deadline = tokio::time::Instant::now() + self.wait_limit();
         let cap = self.spec.concurrency as usize;
         let mut seen_failures = None;
         let mut waited_for_start = false;
@@ -257,9 +267,34 @@ impl Revision {
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Unavailable::Timeout(self.spec.timeout));
+                return Err(Unavailable::Timeout(self.wait_limit()));
             }
         }
+    }
+
+    /// How long a request may wait for an instance, and a start may take:
+    /// the service timeout; for a Lambda function at least Lambda's init
+    /// limit (its timeout bounds the invocation, not the init).
+    fn wait_limit(&self) -> Duration {
+        match self.spec.mode {
+            Mode::Lambda => self.spec.timeout.max(lambda::INIT_TIMEOUT),
+            Mode::Http => self.spec.timeout,
+        }
+    }
+
+    /// Kills an instance at once (a Lambda invocation ran past its
+    /// timeout): out of rotation, SIGKILL, no drain.
+    pub fn kill(self: &Arc<Self>, inst: &Arc<Instance>) {
+        {
+            let mut pool = self.lock();
+            pool.ready.retain(|i| !Arc::ptr_eq(i, inst));
+            if !pool.stopping.iter().any(|i| Arc::ptr_eq(i, inst)) {
+                pool.stopping.push(inst.clone());
+            }
+        }
+        let (root, id) = (self.root.clone(), inst.id.clone());
+        tokio::spawn(async move { signal(&root, &id, libc::SIGKILL, true).await });
+        self.changed.notify_waiters();
     }
 
     /// Keeps `min` instances up (one start at a time).
@@ -524,13 +559,22 @@ async fn watch_exit(rev: Arc<Revision>, inst: Arc<Instance>) {
     let mut rx = inst.exited.clone();
     let _ = rx.wait_for(|e| *e).await;
     rev.forget(&inst);
+    gone(&rev, &inst);
+}
+
+/// What an exited instance leaves to tidy here: its Runtime API slot.
+fn gone(rev: &Revision, inst: &Instance) {
+    if let (Some(slot), std::net::IpAddr::V4(ip)) = (&inst.lambda, inst.addr.ip()) {
+        slot.close();
+        rev.hub.unregister(ip);
+    }
 }
 
 /// Creates and starts the container, then probes its port until it accepts
 /// a connection, it exits, or the service timeout passes.
 async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
     let r = rev.clone();
-    let (id, name, ip, child) = tokio::task::spawn_blocking(move || create(&r.root, &r))
+    let (id, name, ip, child, lambda) = tokio::task::spawn_blocking(move || create(&r.root, &r))
         .await
         .context("instance start panicked")??;
     let (tx, exited) = watch::channel(false);
@@ -546,7 +590,16 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
         addr,
         inflight: AtomicUsize::new(0),
         exited,
+        lambda,
     });
+    if inst.lambda.is_some() {
+        let ready = lambda_init(rev, &inst).await;
+        if ready.is_err() {
+            stop(rev.root.clone(), inst.clone()).await;
+            gone(rev, &inst);
+        }
+        return ready.map(|_| inst);
+    }
     let deadline = Instant::now() + rev.spec.timeout;
     loop {
         if *inst.exited.borrow() {
@@ -576,6 +629,37 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
             anyhow::bail!(why);
         }
         tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// A Lambda instance is ready once its runtime client first polls for an
+/// invocation (its init is done); it fails if it reports an init error,
+/// exits, or takes longer than Lambda's init limit.
+async fn lambda_init(rev: &Arc<Revision>, inst: &Arc<Instance>) -> Result<()> {
+    let slot = inst.lambda.as_ref().expect("a lambda instance");
+    let mut phase = slot.phase.subscribe();
+    let mut exited = inst.exited.clone();
+    let limit = rev.wait_limit();
+    let waited = tokio::time::timeout(limit, async {
+        tokio::select! {
+            p = phase.wait_for(|p| *p != lambda::Phase::Init) => p.map(|p| p.clone()).ok(),
+            _ = exited.wait_for(|e| *e) => None,
+        }
+    })
+    .await;
+    match waited {
+        Ok(Some(lambda::Phase::Ready)) => Ok(()),
+        Ok(Some(lambda::Phase::InitFailed(why))) => {
+            anyhow::bail!("instance {}: init failed: {why}", inst.name)
+        }
+        Ok(_) => anyhow::bail!(
+            "instance {} exited before its runtime client asked for an invocation (is the image a Lambda image?)",
+            inst.name
+        ),
+        Err(_) => anyhow::bail!(
+            "instance {}: the runtime client did not ask for an invocation within {limit:?}",
+            inst.name
+        ),
     }
 }
 
@@ -611,7 +695,9 @@ async fn probe(addr: SocketAddr, path: Option<&str>) -> bool {
 }
 
 /// The blocking half of a start: record, bundle, monitor.
-fn create(root: &Path, rev: &Revision) -> Result<(String, String, Ipv4Addr, Child)> {
+type Created = (String, String, Ipv4Addr, Child, Option<Arc<Slot>>);
+
+fn create(root: &Path, rev: &Revision) -> Result<Created> {
     let ctx = Context::new(root.to_path_buf());
     let spec = &rev.spec;
     let image = crate::images::resolve_or_pull(&ctx, &spec.image)?;
@@ -645,13 +731,39 @@ fn create(root: &Path, rev: &Revision) -> Result<(String, String, Ipv4Addr, Chil
     env.push(format!("K_SERVICE={service}"));
     env.push(format!("K_REVISION={}", rev.name));
     env.push(format!("K_CONFIGURATION={service}"));
+    let lambda_mode = spec.mode == Mode::Lambda;
+    // Lambda's default memory size, when none was asked for.
+    let memory = match (spec.memory, lambda_mode) {
+        (None, true) => Some(lambda::DEFAULT_MEMORY),
+        (m, _) => m,
+    };
+    if lambda_mode {
+        // `_HANDLER` is the CMD (`app.handler`), the image's or the override.
+        let cmd = match &spec.command {
+            Some(c) => c.first().cloned(),
+            None => image
+                .config
+                .config()
+                .as_ref()
+                .and_then(|c| c.cmd().as_ref())
+                .and_then(|c| c.first().cloned()),
+        };
+        env.extend(lambda::environment(
+            &rev.hub,
+            service.as_str(),
+            "$LATEST",
+            &name,
+            cmd.as_deref(),
+            memory.unwrap_or(lambda::DEFAULT_MEMORY) >> 20,
+        ));
+    }
     let opts = BundleOptions {
         network: "bridge".to_string(),
         entrypoint: None,
         command,
         workdir: None,
         user: None,
-        memory: spec.memory,
+        memory,
         cpus: spec.cpus_milli,
         pids_limit: None,
     };
@@ -663,8 +775,17 @@ fn create(root: &Path, rev: &Revision) -> Result<(String, String, Ipv4Addr, Chil
     state
         .set_prepared(&id, Some(&ip.to_string()), &prepared.command)
         .map_err(|e| undo(e.into()))?;
-    let child = crate::monitor::spawn_detached(&ctx, &record, Vec::new()).map_err(undo)?;
-    Ok((id, name, ip, child))
+    // Known to the Runtime API before the runtime client can call it.
+    let slot = lambda_mode.then(|| {
+        let slot = Slot::new(name.clone());
+        rev.hub.register(ip, slot.clone());
+        slot
+    });
+    let child = crate::monitor::spawn_detached(&ctx, &record, Vec::new()).map_err(|e| {
+        rev.hub.unregister(ip);
+        undo(e)
+    })?;
+    Ok((id, name, ip, child, slot))
 }
 
 /// Lets requests in flight finish (at most the service timeout is not

@@ -13,6 +13,7 @@ mod api;
 mod auth;
 mod gateway;
 pub mod instances;
+mod lambda;
 mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +51,8 @@ const MAX_HEADERS: usize = 64 * 1024;
 pub struct Daemon {
     pub root: Arc<PathBuf>,
     pub gateway: SocketAddr,
+    /// Lambda-mode instances by address, for the Runtime API.
+    pub hub: Arc<lambda::Hub>,
     /// What every request to the TCP control listener must bear (`--control`).
     control_token: Option<String>,
     /// Service name → its traffic split (largest share first).
@@ -117,6 +120,28 @@ impl Daemon {
             .or_default() += 1;
     }
 
+    /// A function's revision for an invocation, and the version it is
+    /// reported as: no qualifier or `$LATEST` → the traffic split (as
+    /// `$LATEST`); a number → that revision; otherwise the revision tagged so.
+    fn function_revision(
+        &self,
+        service: &str,
+        qualifier: Option<&str>,
+    ) -> Option<(Arc<Revision>, String)> {
+        match qualifier {
+            None | Some("$LATEST") => Some((self.pick(service)?, "$LATEST".to_string())),
+            Some(q) => {
+                let split = self.split(service)?;
+                let number: Option<u32> = q.parse().ok();
+                let t = split.iter().find(|t| match number {
+                    Some(n) => t.rev.name.number() == n,
+                    None => t.tag.as_deref() == Some(q),
+                })?;
+                Some((t.rev.clone(), t.rev.name.number().to_string()))
+            }
+        }
+    }
+
     /// `TAG-NAME`: the revision tagged `TAG` in service `NAME`.
     fn pick_tagged(&self, host_label: &str) -> Option<Arc<Revision>> {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,6 +199,7 @@ impl Daemon {
                             rec.name.clone(),
                             rec.spec.clone(),
                             self.root.clone(),
+                            self.hub.clone(),
                         ))
                     })?;
                 Some(Target {
@@ -292,8 +318,20 @@ async fn run(
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_timer(TokioTimer::new())
         .build(connector);
+    // The Runtime API for Lambda-mode instances, on the bridge (where
+    // containers reach the host), on a port of its own per daemon.
+    skiff_runtime::network::ensure_bridge_up()
+        .context("cannot set up the skiff0 bridge for the Lambda Runtime API")?;
+    let runtime_api = tokio::net::TcpListener::bind((skiff_runtime::network::GATEWAY, 0))
+        .await
+        .context("cannot listen for the Lambda Runtime API on the bridge")?;
+    let hub = Arc::new(lambda::Hub::new(
+        runtime_api.local_addr()?,
+        std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_string()),
+    ));
     let daemon = Arc::new(Daemon {
         root: Arc::new(ctx.root.clone()),
+        hub: hub.clone(),
         gateway: gateway.local_addr()?,
         control_token: token.as_ref().map(|(t, _)| t.clone()),
         routes: Mutex::new(HashMap::new()),
@@ -310,6 +348,7 @@ async fn run(
         tokio::spawn(accept_tcp(admin, daemon.clone(), admin_handle)),
         tokio::spawn(accept_unix(control, daemon.clone())),
         tokio::spawn(autoscale(daemon.clone())),
+        tokio::spawn(lambda::runtime_api::serve(runtime_api, hub)),
     ];
     let mut tcp = String::new();
     if let (Some(l), Some((_, from))) = (control_tcp, &token) {
@@ -520,7 +559,7 @@ fn render_metrics(revs: &[Arc<Revision>], unrouted: &BTreeMap<u16, u64>) -> Stri
     metrics::render(&views, unrouted)
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never: Infallible| match never {})
         .boxed()

@@ -1,0 +1,367 @@
+//! Lambda mode: instances that speak the AWS Lambda Runtime API instead of
+//! listening on `$PORT`. Each instance runs one invocation at a time (a
+//! lease with concurrency 1); the caller's invocation is handed to the
+//! instance's runtime client through its [`Slot`] when the client polls
+//! `GET /runtime/invocation/next`, and the caller waits for what the
+//! client posts back.
+//!
+//! - `runtime_api`: the Runtime API the containers call, on the bridge
+//!   address (an instance is known by its source address, so one
+//!   instance can never take or answer another's invocations)
+//! - `invoke`: the Invoke API on the gateway, and `skiff invoke`'s path
+
+pub mod invoke;
+pub mod runtime_api;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Bytes;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+/// Lambda's limit on a synchronous request or response payload.
+pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
+/// Lambda's limit on an asynchronous (Event) payload.
+pub const MAX_EVENT_PAYLOAD: usize = 256 * 1024;
+/// The account id in the ARNs Skiff hands out (as the AWS emulators use).
+pub const ACCOUNT: &str = "000000000000";
+/// Lambda's default memory size.
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+/// How long an instance's init (up to its first poll) may take, as Lambda allows.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the caller gets back.
+#[derive(Debug)]
+pub enum Reply {
+    /// `POST /runtime/invocation/{id}/response`.
+    Response(Bytes),
+    /// `POST /runtime/invocation/{id}/error`, or the platform's own error
+    /// (timeout, the runtime exiting): an AWS error payload.
+    Error { kind: String, body: Bytes },
+}
+
+/// One invocation on its way to a runtime client.
+pub struct Invocation {
+    pub id: String,
+    pub payload: Bytes,
+    pub deadline_ms: u64,
+    pub function_arn: String,
+    pub trace_id: String,
+    pub client_context: Option<String>,
+    pub cognito_identity: Option<String>,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Where an instance's runtime client is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Started, not yet polled.
+    Init,
+    /// Polled at least once: ready for invocations.
+    Ready,
+    /// Posted `/runtime/init/error`, with what it said.
+    InitFailed(String),
+}
+
+/// One instance's side of the Runtime API.
+pub struct Slot {
+    pub instance: String,
+    tx: mpsc::Sender<Invocation>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
+    /// The invocation handed out and not yet answered.
+    current: Mutex<Option<(String, oneshot::Sender<Reply>)>>,
+    pub phase: watch::Sender<Phase>,
+}
+
+/// Why the runtime's post was refused (the Runtime API's 400/403).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// No invocation with that id is outstanding here.
+    UnknownId,
+}
+
+impl Slot {
+    pub fn new(instance: String) -> Arc<Slot> {
+        // One invocation at a time: the lease guarantees it, the channel
+        // only carries it across.
+        let (tx, rx) = mpsc::channel(1);
+        Arc::new(Slot {
+            instance,
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            current: Mutex::new(None),
+            phase: watch::channel(Phase::Init).0,
+        })
+    }
+
+    /// Hands an invocation to the instance (the caller holds its lease).
+    /// Gives it back if the instance is gone.
+    pub async fn send(&self, inv: Invocation) -> Result<(), Invocation> {
+        self.tx.send(inv).await.map_err(|e| e.0)
+    }
+
+    /// The runtime client's long poll: the next invocation, which becomes
+    /// the current one. `None` once the slot is closed.
+    pub async fn next(&self) -> Option<Invocation> {
+        self.phase.send_if_modified(|p| {
+            let first = *p == Phase::Init;
+            if first {
+                *p = Phase::Ready;
+            }
+            first
+        });
+        let mut rx = self.rx.lock().await;
+        rx.recv().await
+    }
+
+    /// Records the invocation handed out; its reply goes back when the
+    /// client posts a result for its id.
+    pub fn hand_out(&self, id: String, reply: oneshot::Sender<Reply>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, reply));
+    }
+
+    /// The client's result for `id`.
+    pub fn answer(&self, id: &str, reply: Reply) -> Result<(), Refused> {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match cur.take() {
+            Some((have, tx)) if have == id => {
+                // The caller may have given up (timeout): nothing to do.
+                let _ = tx.send(reply);
+                Ok(())
+            }
+            other => {
+                *cur = other;
+                Err(Refused::UnknownId)
+            }
+        }
+    }
+
+    pub fn init_failed(&self, why: String) {
+        self.phase.send_replace(Phase::InitFailed(why));
+    }
+
+    /// The instance is gone: every caller waiting on it hears so (their
+    /// reply senders drop).
+    pub fn close(&self) {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Ok(mut rx) = self.rx.try_lock() {
+            rx.close();
+            while rx.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// The daemon's registry of lambda instances by address, for the Runtime
+/// API to find whose poll or post a request is.
+pub struct Hub {
+    slots: Mutex<HashMap<Ipv4Addr, Arc<Slot>>>,
+    registered: Notify,
+    /// Where containers reach the Runtime API (`AWS_LAMBDA_RUNTIME_API`).
+    pub api: SocketAddr,
+    pub region: String,
+}
+
+impl Hub {
+    pub fn new(api: SocketAddr, region: String) -> Hub {
+        Hub {
+            slots: Mutex::new(HashMap::new()),
+            registered: Notify::new(),
+            api,
+            region,
+        }
+    }
+
+    pub fn register(&self, ip: Ipv4Addr, slot: Arc<Slot>) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ip, slot);
+        self.registered.notify_waiters();
+    }
+
+    pub fn unregister(&self, ip: Ipv4Addr) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ip);
+    }
+
+    /// The slot of the instance at `ip`. A runtime client may poll before
+    /// its start is registered (the container runs as soon as it is
+    /// created): wait for it a little.
+    pub async fn find(&self, ip: Ipv4Addr) -> Option<Arc<Slot>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let registered = self.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            if let Some(s) = self
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&ip)
+            {
+                return Some(s.clone());
+            }
+            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    pub fn function_arn(&self, name: &str) -> String {
+        format!("arn:aws:lambda:{}:{ACCOUNT}:function:{name}", self.region)
+    }
+}
+
+/// The standard Lambda environment for an instance of `function`.
+pub fn environment(
+    hub: &Hub,
+    function: &str,
+    version: &str,
+    instance: &str,
+    handler: Option<&str>,
+    memory_mb: u64,
+) -> Vec<String> {
+    let date = chrono_date();
+    let mut env = vec![
+        format!("AWS_LAMBDA_RUNTIME_API={}", hub.api),
+        format!("AWS_LAMBDA_FUNCTION_NAME={function}"),
+        format!("AWS_LAMBDA_FUNCTION_VERSION={version}"),
+        format!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE={memory_mb}"),
+        format!("AWS_LAMBDA_LOG_GROUP_NAME=/aws/lambda/{function}"),
+        format!("AWS_LAMBDA_LOG_STREAM_NAME={date}/[{version}]{instance}"),
+        "AWS_LAMBDA_INITIALIZATION_TYPE=on-demand".to_string(),
+        format!("AWS_REGION={}", hub.region),
+        format!("AWS_DEFAULT_REGION={}", hub.region),
+        "LAMBDA_TASK_ROOT=/var/task".to_string(),
+        "LAMBDA_RUNTIME_DIR=/var/runtime".to_string(),
+        "TZ=:UTC".to_string(),
+    ];
+    if let Some(h) = handler {
+        env.push(format!("_HANDLER={h}"));
+    }
+    env
+}
+
+/// Today as `YYYY/MM/DD` (UTC), for log stream names.
+fn chrono_date() -> String {
+    let days = skiff_state::now_ms() / 86_400_000;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}/{m:02}/{d:02}")
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A random v4 UUID, as Lambda's request ids are.
+pub fn request_id() -> String {
+    let mut b = [0u8; 16];
+    if getrandom(&mut b).is_err() {
+        // Unique enough without the kernel's randomness: time and a counter.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        b[..8].copy_from_slice(&skiff_state::now_ms().to_be_bytes());
+        b[8..].copy_from_slice(&n.to_be_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// An X-Ray trace header for an invocation that came without one.
+pub fn trace_id() -> String {
+    let mut b = [0u8; 20];
+    let _ = getrandom(&mut b);
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let secs = skiff_state::now_ms() / 1000;
+    format!(
+        "Root=1-{secs:08x}-{};Parent={};Sampled=0",
+        &h[..24],
+        &h[24..40]
+    )
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_ids() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, request_id());
+        assert!(trace_id().starts_with("Root=1-"));
+    }
+
+    #[tokio::test]
+    async fn a_slot_hands_out_and_takes_answers_for_its_own_id_only() {
+        let slot = Slot::new("f-00001-abcde".into());
+        let (tx, rx) = oneshot::channel();
+        let inv = Invocation {
+            id: "id-1".into(),
+            payload: Bytes::from_static(b"{}"),
+            deadline_ms: 0,
+            function_arn: String::new(),
+            trace_id: String::new(),
+            client_context: None,
+            cognito_identity: None,
+            reply: tx,
+        };
+        assert!(slot.send(inv).await.is_ok());
+        let got = slot.next().await.unwrap();
+        assert_eq!(*slot.phase.borrow(), Phase::Ready);
+        slot.hand_out(got.id.clone(), got.reply);
+        assert_eq!(
+            slot.answer("other", Reply::Response(Bytes::new())),
+            Err(Refused::UnknownId)
+        );
+        slot.answer("id-1", Reply::Response(Bytes::from_static(b"42")))
+            .unwrap();
+        match rx.await.unwrap() {
+            Reply::Response(b) => assert_eq!(&b[..], b"42"),
+            other => panic!("{other:?}"),
+        }
+        // Answered: a second answer is refused.
+        assert!(slot.answer("id-1", Reply::Response(Bytes::new())).is_err());
+        // Closed: waiting callers hear it.
+        let (tx, rx) = oneshot::channel::<Reply>();
+        slot.hand_out("id-2".into(), tx);
+        slot.close();
+        assert!(rx.await.is_err());
+    }
+}

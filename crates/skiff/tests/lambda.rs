@@ -1,0 +1,260 @@
+//! Lambda mode against a real daemon: the demo image's `/bin/lambda-echo`
+//! is a custom runtime (busybox wget speaking the Runtime API), invoked
+//! through the Invoke API on the gateway and with `skiff invoke`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::daemon::{instances, Daemon};
+use common::Skiff;
+
+/// `POST /2015-03-31/functions/{fun}/invocations` with extra headers;
+/// status, head and body.
+fn invoke(gw: u16, fun: &str, headers: &[(&str, &str)], payload: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", gw)).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "POST /2015-03-31/functions/{fun}/invocations HTTP/1.1\r\nHost: 127.0.0.1:{gw}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        payload.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let _ = s.write_all(req.as_bytes());
+    let _ = s.write_all(payload);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let buf = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// A header's value (names compared without case).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn invoke_api_results_errors_timeouts_and_concurrency() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let d = Daemon::start(&s);
+    let gw = d.gateway;
+    s.ok(&[
+        "deploy",
+        "echo",
+        "--image",
+        img,
+        "--mode",
+        "lambda",
+        "--timeout",
+        "3s",
+        "--max",
+        "3",
+        "--",
+        "/bin/lambda-echo",
+    ]);
+
+    // RequestResponse: the runtime's answer, the standard environment.
+    let (code, head, body) = invoke(gw, "echo", &[], br#"{"n":1}"#);
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert_eq!(json(&body)["echo"]["n"], 1);
+    assert_eq!(json(&body)["function"], "echo");
+    assert_eq!(header(&head, "x-amz-executed-version"), Some("$LATEST"));
+    assert!(header(&head, "x-amz-function-error").is_none(), "{head}");
+    // The log tail: base64 of the lines printed during the invocation.
+    let (code, head, _) = invoke(gw, "echo", &[("X-Amz-Log-Type", "Tail")], br#"{"print":1}"#);
+    assert_eq!(code, 200);
+    let tail = header(&head, "x-amz-log-result").expect("a log tail");
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("echo {tail} | base64 -d")])
+        .output()
+        .unwrap();
+    let tail = String::from_utf8_lossy(&out.stdout);
+    assert!(tail.contains("handling "), "{tail}");
+    assert!(tail.starts_with("START RequestId: "), "{tail}");
+
+    // `skiff invoke`: result on stdout, log tail on stderr.
+    let out = s.run(&["invoke", "echo", "--payload", r#"{"print":"cli"}"#]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(json(&stdout)["echo"]["print"], "cli");
+    assert!(stderr.contains("START RequestId: "), "{stderr}");
+    assert!(stderr.contains("handling "), "{stderr}");
+    assert!(stderr.contains("REPORT RequestId: "), "{stderr}");
+
+    // A function error: 200, X-Amz-Function-Error, the runtime's payload.
+    let (code, head, body) = invoke(gw, "echo", &[], br#"{"fail":1}"#);
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(header(&head, "x-amz-function-error"), Some("Unhandled"));
+    assert_eq!(json(&body)["errorType"], "EchoError");
+    let out = s.run(&["invoke", "echo", "--payload", r#"{"fail":1}"#]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // AWS's errors: unknown function, bad qualifier, bad payloads.
+    let (code, head, body) = invoke(gw, "nope", &[], b"{}");
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(
+        header(&head, "x-amzn-errortype"),
+        Some("ResourceNotFoundException")
+    );
+    assert!(json(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("function:nope"));
+    let (code, _, _) = invoke(gw, "echo%3A7", &[], b"{}");
+    assert_eq!(code, 404);
+    let (code, head, _) = invoke(gw, "echo", &[], b"{not json");
+    assert_eq!(code, 400);
+    assert_eq!(
+        header(&head, "x-amzn-errortype"),
+        Some("InvalidRequestContentException")
+    );
+    let big = vec![b' '; 6 * 1024 * 1024 + 10];
+    let (code, head, _) = invoke(gw, "echo", &[], &big);
+    assert_eq!(code, 413, "{head}");
+    let (code, _, _) = invoke(gw, "echo", &[("X-Amz-Invocation-Type", "Sometimes")], b"{}");
+    assert_eq!(code, 400);
+    // DryRun: 204, nothing runs.
+    let (code, _, _) = invoke(gw, "echo", &[("X-Amz-Invocation-Type", "DryRun")], b"{}");
+    assert_eq!(code, 204);
+    // Event: 202 at once; it runs (its log line shows up).
+    let (code, head, _) = invoke(
+        gw,
+        "echo",
+        &[("X-Amz-Invocation-Type", "Event")],
+        br#"{"print":"event"}"#,
+    );
+    assert_eq!(code, 202, "{head}");
+    let id = header(&head, "x-amzn-requestid").unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.ok(&["logs", "echo"]).contains(&id) {
+        assert!(
+            Instant::now() < deadline,
+            "the event never ran: {}",
+            s.ok(&["logs", "echo"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Concurrent invocations: one at a time per instance, so several
+    // instances, never more than --max; all answered.
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || invoke(gw, "echo", &[], format!("{{\"i\":{i}}}").as_bytes()))
+        })
+        .collect();
+    let mut peak = 0;
+    for c in calls {
+        let (code, head, body) = c.join().unwrap();
+        assert_eq!(code, 200, "{head}\n{body}");
+        peak = peak.max(instances(&s, "echo"));
+    }
+    assert!(peak <= 3, "{peak} instances for --max 3");
+
+    // A timeout: AWS's error, the instance killed, the next call served.
+    let t0 = Instant::now();
+    let (code, head, body) = invoke(gw, "echo", &[], br#"{"sleep":1}"#);
+    let took = t0.elapsed();
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(header(&head, "x-amz-function-error"), Some("Unhandled"));
+    let v = json(&body);
+    assert_eq!(v["errorType"], "Sandbox.Timedout", "{body}");
+    assert!(
+        v["errorMessage"]
+            .as_str()
+            .unwrap()
+            .ends_with("Task timed out after 3.00 seconds"),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    let (code, _, body) = invoke(gw, "echo", &[], br#"{"after":"timeout"}"#);
+    assert_eq!(
+        (code, json(&body)["echo"]["after"].as_str()),
+        (200, Some("timeout"))
+    );
+
+    // The runtime exits mid-invocation: Runtime.ExitError, then recovery.
+    let (code, head, body) = invoke(gw, "echo", &[], br#"{"exit":1}"#);
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(json(&body)["errorType"], "Runtime.ExitError", "{body}");
+    let (code, _, _) = invoke(gw, "echo", &[], b"{}");
+    assert_eq!(code, 200);
+
+    // The Runtime API answers only the instances' own addresses.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ss -Htln | awk '{print $4}' | grep '^10.89.0.1:'")
+        .output()
+        .unwrap();
+    for addr in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Ok(mut c) = TcpStream::connect(addr) {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = c.write_all(
+                b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
+            let mut resp = String::new();
+            let _ = c.read_to_string(&mut resp);
+            assert!(
+                resp.starts_with("HTTP/1.1 403") || resp.is_empty(),
+                "{addr}: {resp}"
+            );
+        }
+    }
+    s.ok(&["delete", "echo"]);
+}
+
+#[test]
+fn init_errors_reach_the_caller() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let d = Daemon::start(&s);
+    s.ok(&[
+        "deploy",
+        "broken",
+        "--image",
+        img,
+        "--mode",
+        "lambda",
+        "--",
+        "sh",
+        "-c",
+        r#"wget -q -O- --post-data '{"errorMessage":"No module named app","errorType":"Runtime.ImportModuleError"}' "http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime/init/error"; exit 1"#,
+    ]);
+    let (code, head, body) = invoke(d.gateway, "broken", &[], b"{}");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert_eq!(header(&head, "x-amz-function-error"), Some("Unhandled"));
+    let v = json(&body);
+    assert_eq!(v["errorType"], "Runtime.InitError", "{body}");
+    assert!(
+        v["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("No module named app"),
+        "{body}"
+    );
+    // An HTTP-mode service is not a function.
+    s.ok(&["deploy", "web", "--image", img]);
+    let (code, _, body) = invoke(d.gateway, "web", &[], b"{}");
+    assert_eq!(code, 404, "{body}");
+}
