@@ -53,7 +53,8 @@ exec cat
 # A Lambda custom runtime (the Runtime API with busybox wget), for the
 # tests: answers {"echo": EVENT, "function": NAME}; an event with
 # "fail" posts an error, "sleep" sleeps 30 s (past any test timeout),
-# "exit" exits mid-invocation, "print" prints a log line first.
+# "exit" exits mid-invocation, "print" prints a log line first, "shaped"
+# answers an HTTP response (statusCode, headers, cookies, body).
 LAMBDA_ECHO = b"""#!/bin/sh
 api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
 echo "init $AWS_LAMBDA_FUNCTION_NAME handler=$_HANDLER"
@@ -66,6 +67,7 @@ while true; do
   case "$event" in
     *fail*) wget -q -O /dev/null --header 'Lambda-Runtime-Function-Error-Type: Unhandled' \
               --post-data '{"errorMessage":"asked to fail","errorType":"EchoError"}' "$api/invocation/$id/error" ;;
+    *shaped*) wget -q -O /dev/null --post-data '{"statusCode":201,"headers":{"x-fn":"yes"},"cookies":["a=1"],"body":"made"}' "$api/invocation/$id/response" ;;
     *sleep*) sleep 30 ;;
     *exit*) exit 3 ;;
     *) wget -q -O /dev/null --post-data "{\\"echo\\":$event,\\"function\\":\\"$AWS_LAMBDA_FUNCTION_NAME\\"}" "$api/invocation/$id/response" ;;

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use super::instances::{Lease, Revision, Unavailable};
 use super::lambda;
 use super::{json_error, Body, BoxError, Daemon};
+use skiff_core::Mode;
 
 type Fut = Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
 
@@ -169,6 +170,14 @@ async fn proxy(
             .path_and_query()
             .map_or("/".to_string(), |p| p.to_string()),
     };
+    if rev.spec.mode == Mode::Lambda {
+        // Not proxied: the request becomes an event for the function
+        // (which counts itself on the revision).
+        let req = Request::from_parts(parts, body);
+        return Outcome::Proxied(
+            lambda::url::handle(daemon, &rev, peer, &path_and_query, req).await,
+        );
+    }
     let keep_upgrade = upgrade
         .is_some()
         .then(|| parts.headers.get(UPGRADE).cloned());

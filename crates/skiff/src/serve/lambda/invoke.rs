@@ -21,7 +21,7 @@ use serde_json::json;
 use skiff_core::Mode;
 use tokio::sync::oneshot;
 
-use super::{Invocation, Reply, MAX_EVENT_PAYLOAD, MAX_PAYLOAD};
+use super::{percent_decode, Invocation, Reply, MAX_EVENT_PAYLOAD, MAX_PAYLOAD};
 use crate::context::Context;
 use crate::serve::instances::{Revision, Unavailable};
 use crate::serve::{full, Body, Daemon};
@@ -64,11 +64,11 @@ pub async fn api(
             ),
         );
     }
-    let name = percent_decode(name);
+    let name = percent_decode(name, false);
     let qualifier = req.uri().query().and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("Qualifier="))
-            .map(percent_decode)
+            .map(|q| percent_decode(q, false))
     });
     invoke(daemon, &name, qualifier, req).await
 }
@@ -503,27 +503,14 @@ pub fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response<Body
     r
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 pub fn encode_base64(data: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+pub fn decode_base64_bytes(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
 /// A base64 header carrying text (the client context); `None` if it is not.
@@ -549,9 +536,6 @@ mod tests {
             Some(("hello".into(), Some("prod".into())))
         );
         assert_eq!(split_function_name("arn:aws:s3:::bucket"), None);
-        assert_eq!(percent_decode("hello%3A3"), "hello:3");
-        assert_eq!(percent_decode("%24LATEST"), "$LATEST");
-        assert_eq!(percent_decode("100%"), "100%");
     }
 
     #[test]

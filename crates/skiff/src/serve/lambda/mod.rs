@@ -9,9 +9,11 @@
 //!   address (an instance is known by its source address, so one
 //!   instance can never take or answer another's invocations)
 //! - `invoke`: the Invoke API on the gateway, and `skiff invoke`'s path
+//! - `url`: plain HTTP to a function (the function URL event and response)
 
 pub mod invoke;
 pub mod runtime_api;
+pub mod url;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -307,6 +309,30 @@ pub fn trace_id() -> String {
     )
 }
 
+/// `%XX` escapes decoded (and `+` as a space in a query string).
+pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) if plus_is_space => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
@@ -326,6 +352,10 @@ mod tests {
         assert_eq!(&id[14..15], "4");
         assert_ne!(id, request_id());
         assert!(trace_id().starts_with("Root=1-"));
+        assert_eq!(percent_decode("hello%3A3", false), "hello:3");
+        assert_eq!(percent_decode("%24LATEST", false), "$LATEST");
+        assert_eq!(percent_decode("a+b%21%", true), "a b!%");
+        assert_eq!(percent_decode("a+b", false), "a+b");
     }
 
     #[tokio::test]
