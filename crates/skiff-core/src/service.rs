@@ -248,7 +248,12 @@ pub struct ServiceSpec {
     pub image: String,
     pub port: u16,
     pub env: Vec<(String, String)>,
+    /// Replaces the image's CMD.
     pub command: Option<Vec<String>>,
+    /// Replaces the image's ENTRYPOINT (an empty list clears it).
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's working directory (absolute).
+    pub workdir: Option<String>,
     /// Bytes.
     pub memory: Option<u64>,
     /// Thousandths of a CPU (`--cpus 0.5` is 500).
@@ -274,6 +279,8 @@ impl Default for ServiceSpec {
             port: 8080,
             env: Vec::new(),
             command: None,
+            entrypoint: None,
+            workdir: None,
             memory: None,
             cpus_milli: None,
             concurrency: 0,
@@ -334,6 +341,24 @@ impl ServiceSpec {
             }
             if cmd.iter().any(|a| a.contains('\0')) {
                 return Err(spec_err("command", "an argument contains a NUL byte"));
+            }
+        }
+        if self
+            .entrypoint
+            .as_ref()
+            .is_some_and(|e| e.iter().any(|a| a.is_empty() || a.contains('\0')))
+        {
+            return Err(spec_err(
+                "entrypoint",
+                "an argument is empty or contains a NUL byte",
+            ));
+        }
+        if let Some(w) = &self.workdir {
+            if !w.starts_with('/') || w.contains('\0') {
+                return Err(spec_err(
+                    "workdir",
+                    format!("{w:?}: expected an absolute path such as /var/task"),
+                ));
             }
         }
         if let Some(m) = self.memory {

@@ -112,8 +112,8 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
 pub struct BundleOptions {
     /// bridge, none or host.
     pub network: String,
-    /// `Some("")` clears the image's entrypoint.
-    pub entrypoint: Option<String>,
+    /// Replaces the image's entrypoint (`Some(vec![])` clears it).
+    pub entrypoint: Option<Vec<String>>,
     /// Empty: the image's own cmd.
     pub command: Vec<String>,
     pub workdir: Option<String>,
@@ -127,7 +127,14 @@ impl From<&RunArgs> for BundleOptions {
     fn from(args: &RunArgs) -> Self {
         BundleOptions {
             network: args.network.clone(),
-            entrypoint: args.entrypoint.clone(),
+            // `--entrypoint ""` clears it, as Docker's does.
+            entrypoint: args.entrypoint.as_ref().map(|e| {
+                if e.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![e.clone()]
+                }
+            }),
             command: args.command.clone(),
             workdir: args.workdir.clone(),
             user: args.user.clone(),
@@ -177,13 +184,7 @@ pub fn prepare(
 
     let cfg = RunConfig {
         image: image.config.config().clone().unwrap_or_default(),
-        entrypoint: args.entrypoint.as_ref().map(|e| {
-            if e.is_empty() {
-                Vec::new()
-            } else {
-                vec![e.clone()]
-            }
-        }),
+        entrypoint: args.entrypoint.clone(),
         cmd: (!args.command.is_empty()).then(|| args.command.clone()),
         env,
         workdir: args.workdir.clone(),

@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use skiff_core::{Mode, RevisionStatus, ServiceName, ServiceSpec, TrafficTarget};
+use skiff_core::{Mode, RevisionName, RevisionStatus, ServiceName, ServiceSpec, TrafficTarget};
 use skiff_state::StateError;
 
 use super::instances::{Revision, Unavailable};
@@ -63,7 +63,7 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Response<Bod
 }
 
 /// Runs `f` on the state database off the async threads.
-async fn with_state<T: Send + 'static>(
+pub(super) async fn with_state<T: Send + 'static>(
     daemon: &Daemon,
     f: impl FnOnce(&skiff_state::State) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -78,13 +78,13 @@ async fn with_state<T: Send + 'static>(
 }
 
 /// An answer other than success, made into a response at the end.
-struct ApiError {
-    status: StatusCode,
-    why: String,
+pub(super) struct ApiError {
+    pub status: StatusCode,
+    pub why: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, why: impl std::fmt::Display) -> ApiError {
+    pub(super) fn new(status: StatusCode, why: impl std::fmt::Display) -> ApiError {
         ApiError {
             status,
             why: why.to_string(),
@@ -144,17 +144,38 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
         Ok(b) => b.to_bytes(),
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
     };
-    let mut spec: ServiceSpec = match serde_json::from_slice(&body) {
+    let spec: ServiceSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("service spec: {e}")),
     };
+    match deploy_spec(daemon, name.clone(), spec, no_traffic).await {
+        Ok((rev_name, traffic)) => json(
+            StatusCode::CREATED,
+            &json!({
+                "service": name.as_str(),
+                "revision": rev_name.to_string(),
+                "traffic": traffic,
+                "urls": urls(daemon, name.as_str()),
+            }),
+        ),
+        Err(e) => e.into(),
+    }
+}
+
+/// Deploys `spec` as the service's next revision (see `deploy`); the
+/// revision, and how much traffic it took: "all" or "none".
+pub(super) async fn deploy_spec(
+    daemon: &Arc<Daemon>,
+    name: ServiceName,
+    mut spec: ServiceSpec,
+    no_traffic: bool,
+) -> Result<(RevisionName, &'static str), ApiError> {
     // A Lambda runtime client takes one invocation at a time.
     if spec.mode == Mode::Lambda {
         spec.concurrency = 1;
     }
-    if let Err(e) = spec.validate() {
-        return json_error(StatusCode::BAD_REQUEST, e);
-    }
+    spec.validate()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let one_at_a_time = daemon.changes.lock().await;
     let (n, s) = (name.clone(), spec.clone());
     let created = with_state(daemon, move |st| {
@@ -167,27 +188,16 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
         Ok((rev, first))
     })
     .await;
-    let (rev_name, first) = match created {
-        Ok(r) => r,
-        Err(resp) => return resp.into(),
-    };
+    let (rev_name, first) = created?;
     let rev = Revision::new(
         rev_name.clone(),
         spec,
         daemon.root.clone(),
         daemon.hub.clone(),
     );
-    let answer = |traffic: &str| {
+    let answer = |traffic: &'static str| {
         tracing::info!(revision = %rev_name, traffic, "deployed");
-        json(
-            StatusCode::CREATED,
-            &json!({
-                "service": name.as_str(),
-                "revision": rev_name.to_string(),
-                "traffic": traffic,
-                "urls": urls(daemon, name.as_str()),
-            }),
-        )
+        Ok((rev_name.clone(), traffic))
     };
     if first {
         rev.ensure_min();
@@ -222,19 +232,19 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
         // revision did not fail either.
         Err(Unavailable::QueueFull(_)) => {
             rev.retire().await;
-            return json_error(
+            return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "{rev_name} could not be checked for readiness (overloaded); traffic unchanged"
                 ),
-            );
+            ));
         }
         // The daemon is stopping: the revision did not fail, it stays pending.
         Err(Unavailable::Retired) => {
-            return json_error(
+            return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the daemon stopped while {rev_name} started; traffic unchanged"),
-            )
+            ))
         }
     };
     if let Some(why) = why {
@@ -246,10 +256,10 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
         })
         .await;
         tracing::warn!(revision = %rev_name, "failed; traffic unchanged: {why}");
-        return json_error(
+        return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("revision {rev_name} failed, traffic unchanged: {why}"),
-        );
+        ));
     }
     let _one_at_a_time = daemon.changes.lock().await;
     let n = name.clone();
@@ -261,7 +271,7 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
     if let Err(e) = set {
         // Deleted meanwhile, say.
         rev.retire().await;
-        return e.into();
+        return Err(e);
     }
     let split = daemon.targets(
         name.as_str(),
@@ -394,26 +404,34 @@ async fn delete(daemon: &Arc<Daemon>, name: &str) -> Response<Body> {
     let Some(name) = service_name(name) else {
         return json_error(StatusCode::NOT_FOUND, format!("no service named {name:?}"));
     };
+    match delete_service(daemon, name.clone()).await {
+        Ok(()) => json(StatusCode::OK, &json!({ "deleted": name.as_str() })),
+        Err(e) => e.into(),
+    }
+}
+
+/// Stops every instance of the service and forgets it (and its logs).
+pub(super) async fn delete_service(
+    daemon: &Arc<Daemon>,
+    name: ServiceName,
+) -> Result<(), ApiError> {
     let _one_at_a_time = daemon.changes.lock().await;
     let n = name.clone();
-    match with_state(daemon, move |st| st.get_service(&n).map_err(state_err)).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                format!("no service named {:?}", name.as_str()),
-            )
-        }
-        Err(r) => return r.into(),
+    if with_state(daemon, move |st| st.get_service(&n).map_err(state_err))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no service named {:?}", name.as_str()),
+        ));
     }
     // Out of the routing table first, so no request starts an instance anew.
     for rev in daemon.set_split(name.as_str(), None) {
         rev.retire().await;
     }
     let n = name.clone();
-    if let Err(r) = with_state(daemon, move |st| st.delete_service(&n).map_err(state_err)).await {
-        return r.into();
-    }
+    with_state(daemon, move |st| st.delete_service(&n).map_err(state_err)).await?;
     // Its instances' logs outlived them, not the service.
     let (root, n) = (daemon.root.clone(), name.clone());
     let removed = tokio::task::spawn_blocking(move || {
@@ -423,5 +441,5 @@ async fn delete(daemon: &Arc<Daemon>, name: &str) -> Response<Body> {
         tracing::warn!(service = %name, "{e:#}");
     }
     tracing::info!(service = %name, "deleted");
-    json(StatusCode::OK, &json!({ "deleted": name.as_str() }))
+    Ok(())
 }

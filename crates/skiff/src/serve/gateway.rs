@@ -90,7 +90,9 @@ enum Outcome {
 
 async fn answer(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let began = Instant::now();
-    let outcome = if lambda::invoke::is_invoke_path(req.uri().path()) {
+    let outcome = if lambda::manage::is_manage_path(req.uri().path()) {
+        Outcome::Proxied(lambda::manage::handle(&daemon, req).await)
+    } else if lambda::invoke::is_invoke_path(req.uri().path()) {
         // The invocation counts itself on its revision.
         match lambda::invoke::api(&daemon, req).await {
             (Some(_), resp) => Outcome::Proxied(resp),

@@ -759,9 +759,9 @@ fn create(root: &Path, rev: &Revision) -> Result<Created> {
     }
     let opts = BundleOptions {
         network: "bridge".to_string(),
-        entrypoint: None,
+        entrypoint: spec.entrypoint.clone(),
         command,
-        workdir: None,
+        workdir: spec.workdir.clone(),
         user: None,
         memory,
         cpus: spec.cpus_milli,

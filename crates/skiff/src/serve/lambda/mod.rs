@@ -9,9 +9,11 @@
 //!   address (an instance is known by its source address, so one
 //!   instance can never take or answer another's invocations)
 //! - `invoke`: the Invoke API on the gateway, and `skiff invoke`'s path
+//! - `manage`: create/get/list/update/delete-function for the `aws` CLI
 //! - `url`: plain HTTP to a function (the function URL event and response)
 
 pub mod invoke;
+pub mod manage;
 pub mod runtime_api;
 pub mod url;
 
