@@ -5,6 +5,13 @@ the benchmarks: a busybox rootfs from Debian's busybox-static, packed as a
 layers. Output is deterministic (fixed mtimes), so digests are stable.
 
     mkimage.py --name NAME:TAG --format docker|oci [--gzip] [--demo] [--cmd JSON] OUT.tar
+
+With --rootfs DIR it packs a directory instead (a debootstrap'd Debian, for
+scripts/base-images.sh) as the image's one layer, streamed through temporary
+files next to OUT, with the config from --entrypoint/--cmd/--env/--workdir:
+
+    mkimage.py --name NAME:TAG --format docker|oci [--gzip] --rootfs DIR
+               [--entrypoint JSON] [--cmd JSON] [--env K=V]... [--workdir DIR] OUT.tar
 """
 
 import argparse
@@ -16,6 +23,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 
 BUSYBOX = "/bin/busybox"
 MTIME = 1700000000
@@ -133,6 +141,156 @@ def sha(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+# --- --rootfs: a directory packed as one layer ------------------------------
+
+# Their contents come from the runtime, never from an image.
+ROOTFS_SKIP_CONTENTS = {"dev", "proc", "sys"}
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def add_rootfs_args(ap):
+    g = ap.add_argument_group("directory images (--rootfs)")
+    g.add_argument("--rootfs", metavar="DIR", help="pack DIR as the one layer (its dev/, proc/, sys/ stay empty)")
+    g.add_argument("--entrypoint", help="image Entrypoint as a JSON array (--rootfs)")
+    g.add_argument("--env", action="append", default=[], metavar="K=V", help="image Env entry, repeatable; PATH is set by default (--rootfs)")
+    g.add_argument("--workdir", default="/", help="image WorkingDir (--rootfs)")
+
+
+class HashingWriter:
+    """A write-only file that hashes what passes through to `inner`."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        self.hash.update(data)
+        self.size += len(data)
+        return self.inner.write(data)
+
+    def flush(self):
+        pass
+
+    def digest(self):
+        return "sha256:" + self.hash.hexdigest()
+
+
+def rootfs_entries(root):
+    """(path, arcname) for everything under root, parents first, sorted."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel in ROOTFS_SKIP_CONTENTS:
+            dirnames[:] = []
+            filenames = []
+        dirnames.sort()
+        # os.walk lists symlinks to directories as directories; they are
+        # packed as links here and not descended into (followlinks=False).
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            yield path, os.path.normpath(os.path.join(rel, name))
+
+
+def write_rootfs_layer(root, out, compress):
+    """Packs root into out (a file); returns (diff_id, blob digest, blob size)."""
+    blob = HashingWriter(out)
+    gz = gzip.GzipFile(fileobj=blob, mode="wb", compresslevel=6, mtime=0) if compress else None
+    diff = HashingWriter(gz if gz else blob)
+    with tarfile.open(fileobj=diff, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for path, arcname in rootfs_entries(root):
+            info = tar.gettarinfo(path, arcname)
+            if info is None:  # a socket
+                continue
+            info.uname = info.gname = ""
+            if info.isreg():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    if gz:
+        gz.close()
+    return diff.digest(), blob.digest(), blob.size
+
+
+def add_path(tar, arcname, path):
+    info = tarfile.TarInfo(arcname)
+    info.size = os.path.getsize(path)
+    info.mode = 0o644
+    info.mtime = MTIME
+    with open(path, "rb") as f:
+        tar.addfile(info, f)
+
+
+def rootfs_image(a):
+    if not os.path.isdir(a.rootfs):
+        sys.exit(f"mkimage: --rootfs {a.rootfs}: not a directory")
+    machine = os.uname().machine
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    env = [DEFAULT_PATH]
+    for kv in a.env:
+        if "=" not in kv:
+            sys.exit(f"mkimage: --env {kv}: expected K=V")
+        env = [e for e in env if e.split("=", 1)[0] != kv.split("=", 1)[0]] + [kv]
+    config = {"Env": env}
+    if a.entrypoint:
+        config["Entrypoint"] = json.loads(a.entrypoint)
+    if a.cmd:
+        config["Cmd"] = json.loads(a.cmd)
+    config["WorkingDir"] = a.workdir
+
+    layer_tmp = a.out + ".layer.tmp"
+    try:
+        with open(layer_tmp, "wb") as f:
+            diff_id, blob_digest, blob_size = write_rootfs_layer(a.rootfs, f, a.gzip)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        image = {
+            "created": created,
+            "architecture": arch,
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created": created, "created_by": f"skiff scripts/mkimage.py --rootfs {a.rootfs}"}],
+        }
+        config_bytes = json.dumps(image, separators=(",", ":")).encode()
+        with tarfile.open(a.out, "w") as out:
+            if a.format == "docker":
+                layer_path = f"{diff_id[7:]}/layer.tar"
+                add_dir(out, diff_id[7:])
+                add_path(out, layer_path, layer_tmp)
+                add_file(out, f"{sha(config_bytes)[7:]}.json", config_bytes)
+                manifest = [{"Config": f"{sha(config_bytes)[7:]}.json", "RepoTags": [a.name], "Layers": [layer_path]}]
+                add_file(out, "manifest.json", json.dumps(manifest).encode())
+            else:
+                media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if a.gzip else "")
+                manifest = {
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config_bytes), "size": len(config_bytes)},
+                    "layers": [{"mediaType": media, "digest": blob_digest, "size": blob_size}],
+                }
+                manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
+                index = {
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": [{
+                        "mediaType": manifest["mediaType"],
+                        "digest": sha(manifest_bytes),
+                        "size": len(manifest_bytes),
+                        "annotations": {"org.opencontainers.image.ref.name": a.name},
+                    }],
+                }
+                add_file(out, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+                add_file(out, "index.json", json.dumps(index).encode())
+                add_dir(out, "blobs")
+                add_dir(out, "blobs/sha256")
+                add_file(out, f"blobs/sha256/{sha(config_bytes)[7:]}", config_bytes)
+                add_path(out, f"blobs/sha256/{blob_digest[7:]}", layer_tmp)
+                add_file(out, f"blobs/sha256/{sha(manifest_bytes)[7:]}", manifest_bytes)
+    finally:
+        if os.path.exists(layer_tmp):
+            os.remove(layer_tmp)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True, help="reference, e.g. localhost/busybox:latest")
@@ -140,8 +298,11 @@ def main():
     ap.add_argument("--gzip", action="store_true", help="gzip the layer")
     ap.add_argument("--demo", action="store_true", help="add /www and serve it with httpd on $PORT (8080)")
     ap.add_argument("--cmd", help="image Cmd as a JSON array")
+    add_rootfs_args(ap)
     ap.add_argument("out")
     a = ap.parse_args()
+    if a.rootfs:
+        return rootfs_image(a)
 
     layer = busybox_layer(a.demo)
     diff_id = sha(layer)

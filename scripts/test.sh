@@ -14,6 +14,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/skiff-target}
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo build --locked -p skiff
+bash scripts/base-images.sh  # offline base images, cached outside the clone (once per machine)
 # Integration tests share the host's bridge and cgroups; two threads keeps
 # the 2-core machines honest without serialising everything.
 cargo test --locked --workspace -- --test-threads=2
