@@ -5,6 +5,7 @@ the benchmarks: a busybox rootfs from Debian's busybox-static, packed as a
 layers. Output is deterministic (fixed mtimes), so digests are stable.
 
     mkimage.py --name NAME:TAG --format docker|oci [--gzip] [--demo] [--cmd JSON] OUT.tar
+    mkimage.py --name NAME:TAG --format docker --base BASE.tar --add SRC:DEST... [--cmd JSON] OUT.tar
 
 With --rootfs DIR it packs a directory instead (a debootstrap'd Debian, for
 scripts/base-images.sh) as the image's one layer, streamed through temporary
@@ -291,6 +292,55 @@ def rootfs_image(a):
             os.remove(layer_tmp)
 
 
+def add_layer_args(ap):
+    g = ap.add_argument_group("a layer on an image (--base)")
+    g.add_argument("--base", metavar="ARCHIVE", help="a docker-save archive to add one layer to (output: docker format)")
+    g.add_argument("--add", action="append", default=[], metavar="SRC:DEST",
+                   help="copy the host file SRC to DEST in the new layer, repeatable (--base)")
+
+
+def layered_image(a):
+    """The base archive's layers as they are, plus one layer with the
+    --add files; the config gets the new diff_id, and --cmd if given."""
+    if a.format != "docker":
+        sys.exit("mkimage: --base writes docker archives: use --format docker")
+    with tarfile.open(a.base) as base:
+        manifest = json.load(base.extractfile("manifest.json"))[0]
+        config = json.load(base.extractfile(manifest["Config"]))
+        layers = [(p, base.extractfile(p).read()) for p in manifest["Layers"]]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        made = set()
+        for spec in a.add:
+            src, _, dest = spec.partition(":")
+            dest = dest.strip("/")
+            if not dest:
+                sys.exit(f"mkimage: --add {spec}: expected SRC:DEST")
+            parts = dest.split("/")
+            for i in range(1, len(parts)):
+                d = "/".join(parts[:i])
+                if d not in made:
+                    made.add(d)
+                    add_dir(tar, d)
+            with open(src, "rb") as f:
+                add_file(tar, dest, f.read(), os.stat(src).st_mode & 0o777)
+    layer = buf.getvalue()
+    diff_id = sha(layer)
+    config["rootfs"]["diff_ids"].append(diff_id)
+    config.setdefault("history", []).append({"created": "2023-11-14T22:13:20Z", "created_by": "skiff scripts/mkimage.py --add"})
+    if a.cmd:
+        config["config"]["Cmd"] = json.loads(a.cmd)
+    config_bytes = json.dumps(config, separators=(",", ":")).encode()
+    with tarfile.open(a.out, "w") as out:
+        paths = []
+        for path, data in layers + [(f"{diff_id[7:]}/layer.tar", layer)]:
+            add_file(out, path, data)
+            paths.append(path)
+        add_file(out, f"{sha(config_bytes)[7:]}.json", config_bytes)
+        m = [{"Config": f"{sha(config_bytes)[7:]}.json", "RepoTags": [a.name], "Layers": paths}]
+        add_file(out, "manifest.json", json.dumps(m).encode())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True, help="reference, e.g. localhost/busybox:latest")
@@ -299,10 +349,13 @@ def main():
     ap.add_argument("--demo", action="store_true", help="add /www and serve it with httpd on $PORT (8080)")
     ap.add_argument("--cmd", help="image Cmd as a JSON array")
     add_rootfs_args(ap)
+    add_layer_args(ap)
     ap.add_argument("out")
     a = ap.parse_args()
     if a.rootfs:
         return rootfs_image(a)
+    if a.base:
+        return layered_image(a)
 
     layer = busybox_layer(a.demo)
     diff_id = sha(layer)

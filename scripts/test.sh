@@ -15,6 +15,7 @@ cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo build --locked -p skiff
 bash scripts/base-images.sh  # offline base images, cached outside the clone (once per machine)
+bash scripts/pytools.sh      # the aws CLI and boto3 for the Lambda tests, likewise
 # Integration tests share the host's bridge and cgroups; two threads keeps
 # the 2-core machines honest without serialising everything.
 cargo test --locked --workspace -- --test-threads=2

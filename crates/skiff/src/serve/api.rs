@@ -176,6 +176,23 @@ pub(super) async fn deploy_spec(
     }
     spec.validate()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    // The image here and its layers unpacked now, so that the first
+    // request does not pay for it (and a bad image fails the deploy).
+    let (root, image) = (daemon.root.clone(), spec.image.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let ctx = Context::new(root.to_path_buf());
+        let img = crate::images::resolve_or_pull(&ctx, &image)?;
+        ctx.store()?.layer_dirs(&img)?;
+        Ok(())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("image {}: {e:#}", spec.image),
+        )
+    })?;
     let one_at_a_time = daemon.changes.lock().await;
     let (n, s) = (name.clone(), spec.clone());
     let created = with_state(daemon, move |st| {

@@ -28,7 +28,6 @@ use skiff_state::RevisionRecord;
 
 use super::invoke::aws_error;
 use super::DEFAULT_MEMORY;
-use crate::context::Context;
 use crate::serve::api::{delete_service, deploy_spec, with_state, ApiError};
 use crate::serve::{full, Body, Daemon};
 
@@ -223,7 +222,8 @@ async fn create(daemon: &Arc<Daemon>, req: &Value) -> Answer {
         memory: Some(DEFAULT_MEMORY),
         ..ServiceSpec::default()
     };
-    set_image(daemon, &mut spec, image).await?;
+    // (Pulled and unpacked by the deploy: a bad URI fails it.)
+    spec.image = image.to_string();
     configure(&mut spec, req)?;
     deploy(daemon, n, spec, StatusCode::CREATED).await
 }
@@ -236,7 +236,7 @@ async fn update(daemon: &Arc<Daemon>, fname: &str, req: &Value, code: bool) -> A
         let image = req["ImageUri"].as_str().ok_or_else(|| {
             AwsError::invalid("ImageUri is required (Skiff runs container images)")
         })?;
-        set_image(daemon, &mut spec, image).await?;
+        spec.image = image.to_string();
     } else {
         configure(&mut spec, req)?;
     }
@@ -252,33 +252,6 @@ async fn deploy(
     deploy_spec(daemon, n.clone(), spec, false).await?;
     let latest = revisions(daemon, &n).await?.remove(0);
     Ok((status, configuration(daemon, &n, &latest)))
-}
-
-/// The image, pulled now if it is not here: a bad URI fails the call.
-async fn set_image(
-    daemon: &Arc<Daemon>,
-    spec: &mut ServiceSpec,
-    image: &str,
-) -> Result<(), AwsError> {
-    let (root, img) = (daemon.root.clone(), image.to_string());
-    let found = tokio::task::spawn_blocking(move || {
-        crate::images::resolve_or_pull(&Context::new(root.to_path_buf()), &img)
-    })
-    .await
-    .map_err(|e| {
-        AwsError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServiceException",
-            e.to_string(),
-        )
-    })?;
-    if let Err(e) = found {
-        return Err(AwsError::invalid(format!(
-            "Source image {image} is not valid: {e:#}"
-        )));
-    }
-    spec.image = image.to_string();
-    Ok(())
 }
 
 /// Applies the configuration fields of a create or update request.
