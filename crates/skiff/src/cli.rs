@@ -149,6 +149,10 @@ pub enum Command {
         /// request needs the bearer token (SKIFF_TOKEN, else $SKIFF_ROOT/control.token).
         #[arg(long)]
         control: Option<SocketAddr>,
+        /// An AWS shared-credentials file (e.g. ~/.aws/credentials): the
+        /// Lambda API then takes only requests signed with one of its keys.
+        #[arg(long, value_name = "FILE")]
+        aws_credentials: Option<PathBuf>,
     },
     /// Deploy a new revision of a service (creating the service).
     Deploy(Box<DeployArgs>),
@@ -356,7 +360,16 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             gateway,
             admin,
             control,
-        } => crate::serve::serve(&ctx, gateway, admin, control),
+            aws_credentials,
+        } => crate::serve::serve(
+            &ctx,
+            crate::serve::ServeOptions {
+                gateway,
+                admin,
+                control,
+                aws_credentials,
+            },
+        ),
         Command::Deploy(args) => crate::client::deploy(&ctx, *args).map(|_| 0),
         Command::Services { json } => crate::client::services(&ctx, json).map(|_| 0),
         Command::Describe { name, json } => crate::client::describe(&ctx, &name, json).map(|_| 0),

@@ -54,6 +54,7 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Response<Bod
                     .find_map(|kv| kv.strip_prefix("Qualifier="))
                     .map(str::to_string)
             });
+            let req = req.map(super::incoming);
             super::lambda::invoke::invoke(&daemon, &name, qualifier, req)
                 .await
                 .1

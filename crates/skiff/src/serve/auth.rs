@@ -94,7 +94,7 @@ pub fn refused<B>(req: &Request<B>, token: &str) -> Option<Response<Body>> {
         });
     let why = match given {
         None => "missing bearer token: send Authorization: Bearer <token>",
-        Some(t) if same(t.as_bytes(), token.as_bytes()) => return None,
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => return None,
         Some(_) => "wrong bearer token",
     };
     let mut r = json_error(StatusCode::UNAUTHORIZED, why);
@@ -107,7 +107,7 @@ pub fn refused<B>(req: &Request<B>, token: &str) -> Option<Response<Body>> {
 
 /// Equal, in time that does not depend on where they differ (the length
 /// may show; it is not the secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -121,12 +121,12 @@ mod tests {
 
     #[test]
     fn constant_time_equality() {
-        assert!(same(b"0123456789abcdef", b"0123456789abcdef"));
-        assert!(!same(b"0123456789abcdef", b"0123456789abcdeF"));
-        assert!(!same(b"x123456789abcdef", b"0123456789abcdef"));
-        assert!(!same(b"0123456789abcdef", b"0123456789abcde"));
-        assert!(!same(b"", b"a"));
-        assert!(same(b"", b""));
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcdeF"));
+        assert!(!constant_time_eq(b"x123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcde"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

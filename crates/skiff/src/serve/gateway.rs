@@ -90,13 +90,11 @@ enum Outcome {
 
 async fn answer(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let began = Instant::now();
-    let outcome = if lambda::manage::is_manage_path(req.uri().path()) {
-        Outcome::Proxied(lambda::manage::handle(&daemon, req).await)
-    } else if lambda::invoke::is_invoke_path(req.uri().path()) {
-        // The invocation counts itself on its revision.
-        match lambda::invoke::api(&daemon, req).await {
-            (Some(_), resp) => Outcome::Proxied(resp),
-            (None, resp) => Outcome::Gateway(None, resp),
+    let path = req.uri().path();
+    let outcome = if lambda::manage::is_manage_path(path) || lambda::invoke::is_invoke_path(path) {
+        match lambda_api(&daemon, req).await {
+            Ok(resp) => Outcome::Proxied(resp),
+            Err(resp) => Outcome::Gateway(None, resp),
         }
     } else {
         proxy(&daemon, peer, req, began).await
@@ -340,6 +338,55 @@ async fn proxy(
         began,
     };
     Outcome::Proxied(Response::from_parts(parts, body.boxed()))
+}
+
+/// The Lambda API (management and Invoke), after its signature check when
+/// the daemon has AWS credentials. `Err`: answered without a function.
+async fn lambda_api(
+    daemon: &Arc<Daemon>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Response<Body>> {
+    let req = if daemon.aws_credentials.is_empty() {
+        req.map(super::incoming)
+    } else {
+        // The signature covers the body: read it first (within Lambda's limit).
+        let (parts, body) = req.into_parts();
+        let body = match super::read_body(super::incoming(body), lambda::MAX_PAYLOAD).await {
+            Ok(b) => b,
+            Err(_) => {
+                return Err(lambda::invoke::aws_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestTooLargeException",
+                    &format!("Request must be smaller than {} bytes", lambda::MAX_PAYLOAD),
+                ))
+            }
+        };
+        let now = skiff_state::now_ms() / 1000;
+        let checked = daemon.aws_credentials.verify(
+            parts.method.as_str(),
+            parts.uri.path(),
+            parts.uri.query().unwrap_or(""),
+            &parts.headers,
+            &body,
+            now,
+        );
+        if let Err(r) = checked {
+            return Err(lambda::invoke::aws_error(
+                StatusCode::FORBIDDEN,
+                r.kind,
+                &r.message,
+            ));
+        }
+        Request::from_parts(parts, super::full(body))
+    };
+    if lambda::manage::is_manage_path(req.uri().path()) {
+        return Ok(lambda::manage::handle(daemon, req).await);
+    }
+    // The invocation counts itself on its revision.
+    match lambda::invoke::api(daemon, req).await {
+        (Some(_), resp) => Ok(resp),
+        (None, resp) => Err(resp),
+    }
 }
 
 fn unavailable(service: &str, e: Unavailable) -> Response<Body> {

@@ -53,6 +53,8 @@ pub struct Daemon {
     pub gateway: SocketAddr,
     /// Lambda-mode instances by address, for the Runtime API.
     pub hub: Arc<lambda::Hub>,
+    /// When not empty, the Lambda API checks SigV4 signatures with these.
+    pub aws_credentials: lambda::sigv4::Credentials,
     /// What every request to the TCP control listener must bear (`--control`).
     control_token: Option<String>,
     /// Service name → its traffic split (largest share first).
@@ -234,12 +236,18 @@ pub fn socket_path(ctx: &Context) -> PathBuf {
     ctx.root.join("skiff.sock")
 }
 
-pub fn serve(
-    ctx: &Context,
-    gateway: SocketAddr,
-    admin: SocketAddr,
-    control: Option<SocketAddr>,
-) -> Result<u8> {
+/// What `skiff serve` was told.
+pub struct ServeOptions {
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+    /// The control API on TCP too (with a bearer token).
+    pub control: Option<SocketAddr>,
+    /// An AWS shared-credentials file: the Lambda API then takes only
+    /// requests signed (SigV4) with one of its keys.
+    pub aws_credentials: Option<PathBuf>,
+}
+
+pub fn serve(ctx: &Context, opts: ServeOptions) -> Result<u8> {
     require_root("skiff serve")?;
     // Creates the data directory and the database before anything listens.
     ctx.state()?;
@@ -248,18 +256,18 @@ pub fn serve(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run(ctx, gateway, admin, control));
+    let result = runtime.block_on(run(ctx, opts));
     // Every instance has been stopped; nothing left worth waiting for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn run(
-    ctx: &Context,
-    gateway_addr: SocketAddr,
-    admin_addr: SocketAddr,
-    control_addr: Option<SocketAddr>,
-) -> Result<u8> {
+async fn run(ctx: &Context, opts: ServeOptions) -> Result<u8> {
+    let (gateway_addr, admin_addr, control_addr) = (opts.gateway, opts.admin, opts.control);
+    let aws_credentials = match &opts.aws_credentials {
+        Some(p) => lambda::sigv4::Credentials::load(p).context("--aws-credentials")?,
+        None => lambda::sigv4::Credentials::default(),
+    };
     let sock = socket_path(ctx);
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         bail!(
@@ -332,6 +340,7 @@ async fn run(
     let daemon = Arc::new(Daemon {
         root: Arc::new(ctx.root.clone()),
         hub: hub.clone(),
+        aws_credentials,
         gateway: gateway.local_addr()?,
         control_token: token.as_ref().map(|(t, _)| t.clone()),
         routes: Mutex::new(HashMap::new()),
@@ -557,6 +566,34 @@ fn admin_handle(
 fn render_metrics(revs: &[Arc<Revision>], unrouted: &BTreeMap<u16, u64>) -> String {
     let views: Vec<_> = revs.iter().map(|r| r.view()).collect();
     metrics::render(&views, unrouted)
+}
+
+/// Why a body could not be read whole.
+pub(crate) enum ReadError {
+    /// More than the limit came.
+    TooLarge,
+    /// The client went away, or sent garbage.
+    Broken(String),
+}
+
+/// The whole body, at most `limit` bytes.
+pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ReadError> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Broken(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > limit {
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// A received body as ours (one error type for every body we pass on).
+pub(crate) fn incoming(body: Incoming) -> Body {
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed()
 }
 
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {

@@ -13,8 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Limited};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -24,7 +23,7 @@ use tokio::sync::oneshot;
 use super::{percent_decode, Invocation, Reply, MAX_EVENT_PAYLOAD, MAX_PAYLOAD};
 use crate::context::Context;
 use crate::serve::instances::{Revision, Unavailable};
-use crate::serve::{full, Body, Daemon};
+use crate::serve::{full, read_body, Body, Daemon, ReadError};
 
 /// Where a retried Event invocation waits between attempts (Lambda waits
 /// a minute, then two; a local platform need not keep users that long).
@@ -40,7 +39,7 @@ pub fn is_invoke_path(path: &str) -> bool {
 /// The gateway's entry: `/2015-03-31/functions/{name}/invocations`.
 pub async fn api(
     daemon: &Arc<Daemon>,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> (Option<Arc<Revision>>, Response<Body>) {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -78,7 +77,7 @@ pub async fn invoke(
     daemon: &Arc<Daemon>,
     name: &str,
     qualifier: Option<String>,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> (Option<Arc<Revision>>, Response<Body>) {
     // `name`, `name:qualifier` or a full ARN.
     let (name, qualifier) = match split_function_name(name) {
@@ -147,9 +146,9 @@ pub async fn invoke(
         client_context: header(req.headers(), "x-amz-client-context").and_then(decode_base64),
         cognito_identity: None,
     };
-    let payload = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let payload = match read_body(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge) => {
             return (
                 Some(rev),
                 aws_error(
@@ -161,7 +160,7 @@ pub async fn invoke(
                 ),
             )
         }
-        Err(e) => {
+        Err(ReadError::Broken(e)) => {
             return (
                 Some(rev),
                 aws_error(

@@ -18,8 +18,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
@@ -29,7 +27,7 @@ use skiff_state::RevisionRecord;
 use super::invoke::aws_error;
 use super::DEFAULT_MEMORY;
 use crate::serve::api::{delete_service, deploy_spec, with_state, ApiError};
-use crate::serve::{full, Body, Daemon};
+use crate::serve::{full, read_body, Body, Daemon, ReadError};
 
 /// Lambda's defaults for a new function.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -44,7 +42,7 @@ pub fn is_manage_path(path: &str) -> bool {
         || (path.starts_with("/2015-03-31/functions/") && !path.ends_with("/invocations"))
 }
 
-pub async fn handle(daemon: &Arc<Daemon>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path
         .trim_start_matches("/2015-03-31/functions")
@@ -137,12 +135,17 @@ impl From<ApiError> for AwsError {
 
 type Answer = Result<(StatusCode, Value), AwsError>;
 
-async fn body(req: Request<Incoming>) -> Result<Value, AwsError> {
-    let bytes = Limited::new(req.into_body(), MAX_REQUEST)
-        .collect()
+async fn body(req: Request<Body>) -> Result<Value, AwsError> {
+    let bytes = read_body(req.into_body(), MAX_REQUEST)
         .await
-        .map_err(|e| AwsError::invalid(format!("cannot read the request: {e}")))?
-        .to_bytes();
+        .map_err(|e| match e {
+            ReadError::TooLarge => AwsError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                format!("the request is larger than {MAX_REQUEST} bytes"),
+            ),
+            ReadError::Broken(e) => AwsError::invalid(format!("cannot read the request: {e}")),
+        })?;
     serde_json::from_slice(&bytes).map_err(|e| {
         AwsError::new(
             StatusCode::BAD_REQUEST,

@@ -10,11 +10,13 @@
 //!   instance can never take or answer another's invocations)
 //! - `invoke`: the Invoke API on the gateway, and `skiff invoke`'s path
 //! - `manage`: create/get/list/update/delete-function for the `aws` CLI
+//! - `sigv4`: signature checks on those, when the daemon has credentials
 //! - `url`: plain HTTP to a function (the function URL event and response)
 
 pub mod invoke;
 pub mod manage;
 pub mod runtime_api;
+pub mod sigv4;
 pub mod url;
 
 use std::collections::HashMap;
