@@ -4,7 +4,11 @@ the benchmarks: a busybox rootfs from Debian's busybox-static, packed as a
 `docker save` archive or an OCI image-layout archive, with plain or gzip
 layers. Output is deterministic (fixed mtimes), so digests are stable.
 
-    mkimage.py --name NAME:TAG --format docker|oci [--gzip] [--demo] [--cmd JSON] OUT.tar
+    mkimage.py --name NAME:TAG --format docker|oci [--gzip] [--demo] [--cmd JSON] [--binary PATH] OUT.tar
+
+--binary PATH adds the executable PATH as /app, with every shared library
+`ldd PATH` names and the dynamic loader at their paths, and makes Cmd
+["/app"] (bench/serving packs its keep-alive HTTP server this way).
 """
 
 import argparse
@@ -51,7 +55,30 @@ def add_symlink(tar, path, target):
     tar.addfile(info)
 
 
-def busybox_layer(demo):
+def ldd_paths(binary):
+    """The shared libraries and the loader `ldd` names for binary, as absolute paths."""
+    # A static binary: ldd says "not a dynamic executable", exits 1, names nothing.
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+    paths = []
+    for line in out.splitlines():
+        words = line.split()
+        if "=>" in words:
+            words = words[words.index("=>") + 1:]
+        if words and words[0].startswith("/"):
+            paths.append(words[0])
+    return paths
+
+
+def add_parents(tar, path, have):
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        d = "/".join(parts[:i])
+        if d not in have:
+            have.add(d)
+            add_dir(tar, d)
+
+
+def busybox_layer(demo, binary=None):
     if not os.path.exists(BUSYBOX):
         sys.exit(f"mkimage: {BUSYBOX} is missing: apt-get install busybox-static")
     applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
@@ -71,6 +98,15 @@ def busybox_layer(demo):
         if demo:
             add_dir(tar, "www")
             add_file(tar, "www/index.html", DEMO_PAGE)
+        if binary:
+            with open(binary, "rb") as f:
+                add_file(tar, "app", f.read(), 0o755)
+            have = {"bin", "dev", "etc", "proc", "sys", "tmp", "root", "home", "var", "usr", "usr/bin"}
+            for lib in sorted(set(ldd_paths(binary))):
+                rel = lib.lstrip("/")
+                add_parents(tar, rel, have)
+                with open(lib, "rb") as f:  # the file a symlink names, as a plain file
+                    add_file(tar, rel, f.read(), 0o755)
     return buf.getvalue()
 
 
@@ -85,14 +121,17 @@ def main():
     ap.add_argument("--gzip", action="store_true", help="gzip the layer")
     ap.add_argument("--demo", action="store_true", help="add /www and serve it with httpd on $PORT (8080)")
     ap.add_argument("--cmd", help="image Cmd as a JSON array")
+    ap.add_argument("--binary", metavar="PATH", help="add PATH as /app with its shared libraries (ldd); Cmd [\"/app\"]")
     ap.add_argument("out")
     a = ap.parse_args()
 
-    layer = busybox_layer(a.demo)
+    layer = busybox_layer(a.demo, a.binary)
     diff_id = sha(layer)
     blob = gzip.compress(layer, mtime=0) if a.gzip else layer
     if a.cmd:
         cmd = json.loads(a.cmd)
+    elif a.binary:
+        cmd = ["/app"]
     elif a.demo:
         cmd = ["sh", "-c", 'httpd -f -v -p "${PORT:-8080}" -h /www & trap "kill $!; exit 0" TERM INT; wait']
     else:
