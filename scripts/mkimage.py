@@ -4,7 +4,7 @@ the benchmarks: a busybox rootfs from Debian's busybox-static, packed as a
 `docker save` archive or an OCI image-layout archive, with plain or gzip
 layers. Output is deterministic (fixed mtimes), so digests are stable.
 
-    mkimage.py --name NAME:TAG --format docker|oci [--gzip] [--demo] [--cmd JSON] OUT.tar
+    mkimage.py --name NAME:TAG --format docker|oci [--gzip] [--demo] [--cmd JSON] [--binary PATH] OUT.tar
     mkimage.py --name NAME:TAG --format docker --base BASE.tar --add SRC:DEST... [--cmd JSON] OUT.tar
 
 With --rootfs DIR it packs a directory instead (a debootstrap'd Debian, for
@@ -13,6 +13,10 @@ files next to OUT, with the config from --entrypoint/--cmd/--env/--workdir:
 
     mkimage.py --name NAME:TAG --format docker|oci [--gzip] --rootfs DIR
                [--entrypoint JSON] [--cmd JSON] [--env K=V]... [--workdir DIR] OUT.tar
+
+--binary PATH adds the executable PATH as /app, with every shared library
+`ldd PATH` names and the dynamic loader at their paths, and makes Cmd
+["/app"] (bench/serving packs its keep-alive HTTP server this way).
 """
 
 import argparse
@@ -110,7 +114,30 @@ def add_symlink(tar, path, target):
     tar.addfile(info)
 
 
-def busybox_layer(demo):
+def ldd_paths(binary):
+    """The shared libraries and the loader `ldd` names for binary, as absolute paths."""
+    # A static binary: ldd says "not a dynamic executable", exits 1, names nothing.
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+    paths = []
+    for line in out.splitlines():
+        words = line.split()
+        if "=>" in words:
+            words = words[words.index("=>") + 1:]
+        if words and words[0].startswith("/"):
+            paths.append(words[0])
+    return paths
+
+
+def add_parents(tar, path, have):
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        d = "/".join(parts[:i])
+        if d not in have:
+            have.add(d)
+            add_dir(tar, d)
+
+
+def busybox_layer(demo, binary=None):
     if not os.path.exists(BUSYBOX):
         sys.exit(f"mkimage: {BUSYBOX} is missing: apt-get install busybox-static")
     applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
@@ -135,6 +162,15 @@ def busybox_layer(demo):
                 add_file(tar, f"www/cgi-bin/{name}", script, 0o755)
             add_file(tar, "bin/upgrade-echo", UPGRADE_ECHO, 0o755)
             add_file(tar, "bin/lambda-echo", LAMBDA_ECHO, 0o755)
+        if binary:
+            with open(binary, "rb") as f:
+                add_file(tar, "app", f.read(), 0o755)
+            have = {"bin", "dev", "etc", "proc", "sys", "tmp", "root", "home", "var", "usr", "usr/bin"}
+            for lib in sorted(set(ldd_paths(binary))):
+                rel = lib.lstrip("/")
+                add_parents(tar, rel, have)
+                with open(lib, "rb") as f:  # the file a symlink names, as a plain file
+                    add_file(tar, rel, f.read(), 0o755)
     return buf.getvalue()
 
 
@@ -350,6 +386,7 @@ def main():
     ap.add_argument("--cmd", help="image Cmd as a JSON array")
     add_rootfs_args(ap)
     add_layer_args(ap)
+    ap.add_argument("--binary", metavar="PATH", help="add PATH as /app with its shared libraries (ldd); Cmd [\"/app\"]")
     ap.add_argument("out")
     a = ap.parse_args()
     if a.rootfs:
@@ -357,11 +394,13 @@ def main():
     if a.base:
         return layered_image(a)
 
-    layer = busybox_layer(a.demo)
+    layer = busybox_layer(a.demo, a.binary)
     diff_id = sha(layer)
     blob = gzip.compress(layer, mtime=0) if a.gzip else layer
     if a.cmd:
         cmd = json.loads(a.cmd)
+    elif a.binary:
+        cmd = ["/app"]
     elif a.demo:
         cmd = ["sh", "-c", 'httpd -f -v -p "${PORT:-8080}" -h /www & trap "kill $!; exit 0" TERM INT; wait']
     else:
