@@ -285,3 +285,50 @@ fn aws_cli_and_boto3_run_an_awslambdaric_function() {
     assert!(e.contains("ResourceNotFoundException"), "{e}");
     assert!(s.ok(&["services"]).lines().all(|l| !l.contains("pyfn")));
 }
+
+#[test]
+fn with_credentials_only_signed_requests_pass() {
+    let (aws_bin, _) = prerequisites();
+    let s = Skiff::new();
+    let creds = s.root.path().join("aws-credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = AKIDSKIFF\naws_secret_access_key = s3cr3t-of-the-daemon\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(&s, &["--aws-credentials", creds.to_str().unwrap()]);
+    let run = |key: &str, secret: &str| {
+        Command::new(&aws_bin)
+            .args([
+                "--endpoint-url",
+                &format!("http://127.0.0.1:{}", d.gateway),
+                "lambda",
+                "list-functions",
+            ])
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .output()
+            .unwrap()
+    };
+    let ok = run("AKIDSKIFF", "s3cr3t-of-the-daemon");
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(
+        json(&String::from_utf8_lossy(&ok.stdout))["Functions"],
+        serde_json::json!([])
+    );
+    let bad = run("AKIDSKIFF", "a-wrong-secret");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("InvalidSignatureException"),
+        "{err}"
+    );
+    let bad = run("AKIDOTHER", "s3cr3t-of-the-daemon");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("UnrecognizedClientException"), "{err}");
+    // Unsigned: 403, nothing runs.
+    let (code, _, body) = common::daemon::get(d.gateway, "127.0.0.1", "/2015-03-31/functions/");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("MissingAuthenticationToken"), "{body}");
+}
