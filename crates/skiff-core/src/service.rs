@@ -270,6 +270,12 @@ pub struct ServiceSpec {
     pub mode: Mode,
     /// HTTP readiness probe path; `None` probes by TCP connect.
     pub readiness_path: Option<String>,
+    /// Lambda mode: how often a failed Event invocation is tried again (0-2).
+    pub event_retries: u8,
+    /// Lambda mode: where an Event invocation goes once its last try
+    /// failed: `http://...` (the destination record is POSTed there) or a
+    /// function (name or ARN) invoked with it.
+    pub on_failure: Option<String>,
 }
 
 impl Default for ServiceSpec {
@@ -290,6 +296,8 @@ impl Default for ServiceSpec {
             idle_timeout: Duration::from_secs(30),
             mode: Mode::Http,
             readiness_path: None,
+            event_retries: 2,
+            on_failure: None,
         }
     }
 }
@@ -432,6 +440,23 @@ impl ServiceSpec {
                 return Err(spec_err(
                     "readiness_path",
                     format!("{p:?}: expected an absolute path such as /healthz, without spaces"),
+                ));
+            }
+        }
+        if self.event_retries > 2 {
+            return Err(spec_err(
+                "event_retries",
+                format!("{}: expected 0, 1 or 2", self.event_retries),
+            ));
+        }
+        if let Some(d) = &self.on_failure {
+            let function = d.rsplit(":function:").next().unwrap_or(d);
+            let ok = d.starts_with("http://") && !d.contains(char::is_whitespace)
+                || check_label("on_failure", function, true).is_ok();
+            if !ok {
+                return Err(spec_err(
+                    "on_failure",
+                    format!("{d:?}: expected http://HOST[:PORT]/PATH, a function name or a function ARN"),
                 ));
             }
         }

@@ -302,6 +302,13 @@ pub struct DeployArgs {
     /// runtime client (one invocation at a time per instance).
     #[arg(long, default_value = "http", value_parser = ["http", "lambda"])]
     pub mode: String,
+    /// Lambda mode: how often a failed --async (Event) invocation is retried (0-2, default 2).
+    #[arg(long, value_name = "N")]
+    pub event_retries: Option<u8>,
+    /// Lambda mode: where a failed Event invocation goes after its retries:
+    /// http://URL (the destination record is POSTed) or a function name.
+    #[arg(long, value_name = "DEST")]
+    pub on_failure: Option<String>,
     /// Ready once a GET of this path answers 2xx/3xx (default: once the port accepts).
     #[arg(long, value_name = "PATH")]
     pub readiness_path: Option<String>,

@@ -244,6 +244,10 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     }
     spec.readiness_path = args.readiness_path.clone();
     spec.mode = args.mode.parse()?;
+    if let Some(r) = args.event_retries {
+        spec.event_retries = r;
+    }
+    spec.on_failure = args.on_failure.clone();
     if !args.command.is_empty() {
         spec.command = Some(args.command.clone());
     }

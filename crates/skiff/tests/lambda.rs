@@ -275,3 +275,92 @@ fn init_errors_reach_the_caller() {
     let (code, _, body) = invoke(d.gateway, "web", &[], b"{}");
     assert_eq!(code, 404, "{body}");
 }
+
+#[test]
+fn event_failures_reach_the_destination_after_retries() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let _daemon = Daemon::start(&s);
+    // The destination: an HTTP endpoint in this test.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dest = format!("http://{}/failed", sink.local_addr().unwrap());
+    s.ok(&[
+        "deploy",
+        "flaky",
+        "--image",
+        img,
+        "--mode",
+        "lambda",
+        "--event-retries",
+        "1",
+        "--on-failure",
+        &dest,
+        "--",
+        "/bin/lambda-echo",
+    ]);
+    let e = s.fails(&[
+        "deploy",
+        "bad",
+        "--image",
+        img,
+        "--mode",
+        "lambda",
+        "--event-retries",
+        "5",
+    ]);
+    assert!(e.contains("event_retries"), "{e}");
+    let out = s.run(&[
+        "invoke",
+        "flaky",
+        "--async",
+        "--payload",
+        r#"{"fail":1,"print":1}"#,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Queued"));
+
+    sink.set_nonblocking(false).unwrap();
+    let (mut conn, _) = {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(sink.accept());
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("no destination record within 20 s")
+            .unwrap()
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the whole body (Content-Length) is in.
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        req.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&req);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                break;
+            }
+        }
+        assert!(n > 0, "closed early");
+    }
+    conn.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let text = String::from_utf8_lossy(&req).into_owned();
+    assert!(text.starts_with("POST /failed "), "{text}");
+    let record = json(text.split_once("\r\n\r\n").unwrap().1);
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 2);
+    assert_eq!(record["requestPayload"]["fail"], 1);
+    assert_eq!(record["responsePayload"]["errorType"], "EchoError");
+    // Both tries ran.
+    assert_eq!(s.ok(&["logs", "flaky"]).matches("handling ").count(), 2);
+}

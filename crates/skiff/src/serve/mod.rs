@@ -63,7 +63,7 @@ pub struct Daemon {
     gating: Mutex<Vec<Arc<Revision>>>,
     /// Deploys and deletes one at a time, so the table follows the database's order.
     changes: tokio::sync::Mutex<()>,
-    client: Client<HttpConnector, Body>,
+    pub client: Client<HttpConnector, Body>,
     /// Requests answered without a service, by status code.
     unrouted: Mutex<BTreeMap<u16, u64>>,
     /// xorshift64 state for the weighted choice of a revision and request ids.
@@ -125,7 +125,7 @@ impl Daemon {
     /// A function's revision for an invocation, and the version it is
     /// reported as: no qualifier or `$LATEST` → the traffic split (as
     /// `$LATEST`); a number → that revision; otherwise the revision tagged so.
-    fn function_revision(
+    pub fn function_revision(
         &self,
         service: &str,
         qualifier: Option<&str>,

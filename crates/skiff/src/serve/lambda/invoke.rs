@@ -25,8 +25,9 @@ use crate::context::Context;
 use crate::serve::instances::{Revision, Unavailable};
 use crate::serve::{full, read_body, Body, Daemon, ReadError};
 
-/// Where a retried Event invocation waits between attempts (Lambda waits
-/// a minute, then two; a local platform need not keep users that long).
+/// Where a retried Event invocation waits before its second and third
+/// attempts (Lambda waits a minute, then two; a local platform need not
+/// keep users that long).
 const EVENT_BACKOFF: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
 /// The log tail's size, as Lambda's.
 const TAIL: usize = 4096;
@@ -410,8 +411,9 @@ fn exited(id: &str) -> Reply {
     }
 }
 
-/// An Event invocation: tried, then retried twice with backoff if the
-/// function failed; a final failure is logged (the on-failure destination).
+/// An Event invocation: tried, then tried again (twice by default) with
+/// backoff if the function failed; after the last failure, logged and
+/// sent to the revision's on-failure destination.
 async fn run_event(
     daemon: Arc<Daemon>,
     rev: Arc<Revision>,
@@ -419,25 +421,99 @@ async fn run_event(
     meta: Meta,
     id: String,
 ) {
-    let mut attempt = 0;
-    loop {
+    let tries = usize::from(rev.spec.event_retries) + 1;
+    for attempt in 1..=tries {
         // Retries keep the event's request id, as Lambda's do.
         let done = run(&daemon, &rev, id.clone(), payload.clone(), &meta, false).await;
-        let why = match done.reply {
+        let (why, response) = match done.reply {
             Ok(Reply::Response(_)) => return,
-            Ok(Reply::Error { body, .. }) => String::from_utf8_lossy(&body).into_owned(),
-            Err(Unavailable::Retired) => "the revision was retired".into(),
-            Err(Unavailable::StartFailed(w)) => w,
-            Err(Unavailable::QueueFull(_)) => "throttled".into(),
-            Err(Unavailable::Timeout(_)) => "no instance was free in time".into(),
+            Ok(Reply::Error { body, .. }) => (String::from_utf8_lossy(&body).into_owned(), body),
+            Err(e) => {
+                let why = match e {
+                    Unavailable::Retired => "the revision was retired".into(),
+                    Unavailable::StartFailed(w) => w,
+                    Unavailable::QueueFull(_) => "throttled".into(),
+                    Unavailable::Timeout(_) => "no instance was free in time".into(),
+                };
+                let body = json!({ "errorMessage": why, "errorType": "Skiff.Unavailable" });
+                (why, Bytes::from(body.to_string()))
+            }
         };
-        if attempt == EVENT_BACKOFF.len() {
-            tracing::error!(function = %rev.name.service(), revision = %rev.name, event = %id, "asynchronous invocation failed after {} attempts: {why}", attempt + 1);
-            return;
+        if attempt < tries {
+            tracing::warn!(function = %rev.name.service(), event = %id, attempt, "asynchronous invocation failed, retrying: {why}");
+            tokio::time::sleep(EVENT_BACKOFF[(attempt - 1).min(EVENT_BACKOFF.len() - 1)]).await;
+            continue;
         }
-        tracing::warn!(function = %rev.name.service(), event = %id, attempt = attempt + 1, "asynchronous invocation failed, retrying: {why}");
-        tokio::time::sleep(EVENT_BACKOFF[attempt]).await;
-        attempt += 1;
+        tracing::error!(function = %rev.name.service(), revision = %rev.name, event = %id, "asynchronous invocation failed after {tries} attempt(s): {why}");
+        if let Some(dest) = &rev.spec.on_failure {
+            let record = json!({
+                "version": "1.0",
+                "timestamp": super::manage::iso8601(skiff_state::now_ms()),
+                "requestContext": {
+                    "requestId": id,
+                    "functionArn": format!("{}:$LATEST", meta.function_arn),
+                    "condition": "RetriesExhausted",
+                    "approximateInvokeCount": tries,
+                },
+                "requestPayload": serde_json::from_slice::<serde_json::Value>(&payload).unwrap_or_default(),
+                "responseContext": {
+                    "statusCode": 200,
+                    "executedVersion": "$LATEST",
+                    "functionError": "Unhandled",
+                },
+                "responsePayload": serde_json::from_slice::<serde_json::Value>(&response).unwrap_or_default(),
+            });
+            if let Err(e) = deliver(&daemon, dest, record).await {
+                tracing::error!(function = %rev.name.service(), event = %id, destination = %dest, "on-failure destination: {e}");
+            }
+        }
+        return;
+    }
+}
+
+/// Sends a destination record: POSTed to an `http://` URL, or an Event
+/// invocation of a function (tried once: a failing destination must not
+/// loop).
+async fn deliver(
+    daemon: &Arc<Daemon>,
+    dest: &str,
+    record: serde_json::Value,
+) -> Result<(), String> {
+    let body = Bytes::from(record.to_string());
+    if dest.starts_with("http://") {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(dest)
+            .header(CONTENT_TYPE, "application/json")
+            .body(full(body))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(30), daemon.client.request(req))
+            .await
+            .map_err(|_| "no answer within 30 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        return match resp.status() {
+            s if s.is_success() => Ok(()),
+            s => Err(format!("{dest} answered {s}")),
+        };
+    }
+    let (name, _) =
+        split_function_name(dest).ok_or_else(|| format!("{dest:?} is not a function"))?;
+    let (rev, _) = daemon
+        .function_revision(&name, None)
+        .ok_or_else(|| format!("no function {name}"))?;
+    let meta = Meta {
+        function_arn: daemon.hub.function_arn(&name),
+        trace_id: None,
+        client_context: None,
+        cognito_identity: None,
+    };
+    match run(daemon, &rev, super::request_id(), body, &meta, false)
+        .await
+        .reply
+    {
+        Ok(Reply::Response(_)) => Ok(()),
+        Ok(Reply::Error { body, .. }) => Err(String::from_utf8_lossy(&body).into_owned()),
+        Err(_) => Err(format!("function {name} could not run")),
     }
 }
 

@@ -9,6 +9,9 @@
 //! PUT    /2015-03-31/functions/{name}/code            UpdateFunctionCode (ImageUri)
 //! PUT    /2015-03-31/functions/{name}/configuration   UpdateFunctionConfiguration
 //! DELETE /2015-03-31/functions/{name}                 DeleteFunction
+//! PUT|POST|GET|DELETE /2019-09-25/functions/{name}/event-invoke-config
+//!        (Put|Update|Get|Delete)FunctionEventInvokeConfig: retries and
+//!        the on-failure destination of Event invocations
 //! ```
 //!
 //! A function is a Lambda-mode service; every create or update is a new
@@ -40,10 +43,24 @@ const MAX_REQUEST: usize = 1 << 20;
 pub fn is_manage_path(path: &str) -> bool {
     path == "/2015-03-31/functions"
         || (path.starts_with("/2015-03-31/functions/") && !path.ends_with("/invocations"))
+        || (path.starts_with("/2019-09-25/functions/") && path.ends_with("/event-invoke-config"))
 }
 
 pub async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if let Some(rest) = path.strip_prefix("/2019-09-25/functions/") {
+        let fname = super::percent_decode(rest.trim_end_matches("/event-invoke-config"), false);
+        let method = req.method().clone();
+        let result = match method {
+            Method::GET => event_config(daemon, &fname, None).await,
+            Method::DELETE => event_config(daemon, &fname, Some(Value::Null)).await,
+            _ => match body(req).await {
+                Ok(b) => event_config(daemon, &fname, Some(b)).await,
+                Err(e) => Err(e),
+            },
+        };
+        return respond(result);
+    }
     let segs: Vec<&str> = path
         .trim_start_matches("/2015-03-31/functions")
         .split('/')
@@ -78,6 +95,10 @@ pub async fn handle(daemon: &Arc<Daemon>, req: Request<Body>) -> Response<Body> 
             format!("Skiff does not implement {path} for this method"),
         )),
     };
+    respond(result)
+}
+
+fn respond(result: Answer) -> Response<Body> {
     match result {
         Ok((status, v)) => {
             let text = if v.is_null() {
@@ -324,6 +345,62 @@ fn configure(spec: &mut ServiceSpec, req: &Value) -> Result<(), AwsError> {
         .map_err(|e| AwsError::invalid(e.to_string()))
 }
 
+/// Reads (`None`), sets (a request) or resets (`Null`) how Event
+/// invocations are retried and where their failures go.
+async fn event_config(daemon: &Arc<Daemon>, fname: &str, change: Option<Value>) -> Answer {
+    let n = name(fname)?;
+    let mut spec = revisions(daemon, &n).await?.remove(0).spec;
+    if let Some(req) = change {
+        if req.is_null() {
+            spec.event_retries = ServiceSpec::default().event_retries;
+            spec.on_failure = None;
+        }
+        if let Some(r) = req.get("MaximumRetryAttempts").filter(|v| !v.is_null()) {
+            spec.event_retries = r
+                .as_u64()
+                .filter(|r| *r <= 2)
+                .and_then(|r| u8::try_from(r).ok())
+                .ok_or_else(|| {
+                    AwsError::invalid(format!("MaximumRetryAttempts {r}: expected 0 to 2"))
+                })?;
+        }
+        match req["DestinationConfig"]["OnFailure"].get("Destination") {
+            Some(Value::String(d)) => spec.on_failure = Some(d.clone()),
+            Some(Value::Null) | None => {}
+            Some(other) => {
+                return Err(AwsError::invalid(format!(
+                    "DestinationConfig.OnFailure.Destination {other}: expected a string"
+                )))
+            }
+        }
+        if req["DestinationConfig"]["OnSuccess"]
+            .get("Destination")
+            .is_some_and(|d| !d.is_null())
+        {
+            return Err(AwsError::invalid(
+                "DestinationConfig.OnSuccess: Skiff sends only failures to a destination",
+            ));
+        }
+        spec.validate()
+            .map_err(|e| AwsError::invalid(e.to_string()))?;
+        deploy_spec(daemon, n.clone(), spec.clone(), false).await?;
+    }
+    let mut on_failure = json!({});
+    if let Some(d) = &spec.on_failure {
+        on_failure = json!({ "Destination": d });
+    }
+    Ok((
+        StatusCode::OK,
+        json!({
+            "LastModified": skiff_state::now_ms() as f64 / 1000.0,
+            "FunctionArn": format!("{}:$LATEST", daemon.hub.function_arn(n.as_str())),
+            "MaximumRetryAttempts": spec.event_retries,
+            "MaximumEventAgeInSeconds": 21600,
+            "DestinationConfig": { "OnSuccess": {}, "OnFailure": on_failure },
+        }),
+    ))
+}
+
 async fn get(daemon: &Arc<Daemon>, fname: &str, whole: bool) -> Answer {
     let n = name(fname)?;
     let latest = revisions(daemon, &n).await?.remove(0);
@@ -438,7 +515,7 @@ fn configuration(daemon: &Daemon, n: &ServiceName, rev: &RevisionRecord) -> Valu
 }
 
 /// `2026-11-22T02:40:00.000+0000`, Lambda's LastModified format.
-fn iso8601(ms: i64) -> String {
+pub fn iso8601(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (y, m, d) = super::civil_from_days(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);
