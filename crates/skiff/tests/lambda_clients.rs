@@ -280,6 +280,33 @@ fn aws_cli_and_boto3_run_an_awslambdaric_function() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Event retries and the on-failure destination.
+    let cfg = json(
+        &a(&[
+            "put-function-event-invoke-config",
+            "--function-name",
+            "pyfn",
+            "--maximum-retry-attempts",
+            "0",
+            "--destination-config",
+            r#"{"OnFailure":{"Destination":"http://127.0.0.1:9/dlq"}}"#,
+        ])
+        .unwrap(),
+    );
+    assert_eq!(cfg["MaximumRetryAttempts"], 0, "{cfg}");
+    let cfg = json(
+        &a(&[
+            "get-function-event-invoke-config",
+            "--function-name",
+            "pyfn",
+        ])
+        .unwrap(),
+    );
+    assert_eq!(
+        cfg["DestinationConfig"]["OnFailure"]["Destination"],
+        "http://127.0.0.1:9/dlq"
+    );
+
     a(&["delete-function", "--function-name", "pyfn"]).unwrap();
     let e = a(&["get-function", "--function-name", "pyfn"]).unwrap_err();
     assert!(e.contains("ResourceNotFoundException"), "{e}");
