@@ -67,7 +67,8 @@ exec cat
 # tests: answers {"echo": EVENT, "function": NAME}; an event with
 # "fail" posts an error, "sleep" sleeps 30 s (past any test timeout),
 # "exit" exits mid-invocation, "print" prints a log line first, "shaped"
-# answers an HTTP response (statusCode, headers, cookies, body).
+# answers an HTTP response (statusCode, headers, cookies, body), "big"
+# answers 7 MB (over Lambda's 6 MB).
 LAMBDA_ECHO = b"""#!/bin/sh
 api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
 echo "init $AWS_LAMBDA_FUNCTION_NAME handler=$_HANDLER"
@@ -82,6 +83,8 @@ while true; do
               --post-data '{"errorMessage":"asked to fail","errorType":"EchoError"}' "$api/invocation/$id/error" ;;
     *shaped*) wget -q -O /dev/null --post-data '{"statusCode":201,"headers":{"x-fn":"yes"},"cookies":["a=1"],"body":"made"}' "$api/invocation/$id/response" ;;
     *sleep*) sleep 30 ;;
+    *big*) head -c 7000000 /dev/zero | tr '\\0' a > /tmp/big
+           wget -q -O /dev/null --post-file /tmp/big "$api/invocation/$id/response" ;;
     *exit*) exit 3 ;;
     *) wget -q -O /dev/null --post-data "{\\"echo\\":$event,\\"function\\":\\"$AWS_LAMBDA_FUNCTION_NAME\\"}" "$api/invocation/$id/response" ;;
   esac

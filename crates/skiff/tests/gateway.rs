@@ -341,9 +341,10 @@ fn no_request_lost_to_a_rollout_and_only_in_flight_ones_to_a_crash() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let served: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    // Requests that were on the dying instance's connection when it died
-    // fail like the slow one; requests sent after are retried elsewhere.
+    // Requests that were on the dying instance when it died fail like the
+    // slow one (at most one per client, and one each may race the
+    // detection); requests that find it refusing are retried elsewhere.
     let lost = failed.load(Ordering::Relaxed);
-    assert!(lost <= 3, "{lost} failed: {:?}", samples.lock().unwrap());
+    assert!(lost <= 6, "{lost} failed: {:?}", samples.lock().unwrap());
     assert!(served > 10, "served {served}");
 }

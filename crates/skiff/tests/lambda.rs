@@ -201,6 +201,18 @@ fn invoke_api_results_errors_timeouts_and_concurrency() {
     let (code, _, _) = invoke(gw, "echo", &[], b"{}");
     assert_eq!(code, 200);
 
+    // A response over 6 MB: the runtime gets 413, the caller Lambda's error.
+    let (code, head, body) = invoke(gw, "echo", &[], br#"{"big":1}"#);
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(header(&head, "x-amz-function-error"), Some("Unhandled"));
+    assert_eq!(
+        json(&body)["errorType"],
+        "Function.ResponseSizeTooLarge",
+        "{body}"
+    );
+    let (code, _, _) = invoke(gw, "echo", &[], b"{}");
+    assert_eq!(code, 200);
+
     // Plain HTTP to the function: a v2.0 event in, the result out.
     let (code, head, body) = common::daemon::get(gw, "echo.localhost", "/some/path?x=1&x=2");
     assert_eq!(code, 200, "{head}\n{body}");

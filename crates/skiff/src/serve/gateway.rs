@@ -270,6 +270,10 @@ async fn proxy(
             Err(e) => {
                 if e.is_connect() {
                     rev.evict(&lease.instance);
+                } else if !caused_by_cap(&e) {
+                    // The connection broke mid-request: if the instance no
+                    // longer accepts connections, it died; send nothing more there.
+                    rev.check(&lease.instance);
                 }
                 let resp = if caused_by_cap(&e) {
                     too_large(&route.service)

@@ -16,6 +16,7 @@
 //! the next daemon on the root removes them before it serves
 //! (`clean_stale`).
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -29,7 +30,7 @@ use skiff_control::autoscaler::{Autoscaler, Clock as _, ScalePolicy, SystemClock
 use skiff_core::{Mode, RevisionName, RevisionStatus, ServiceSpec};
 use skiff_runtime::oci::OciRuntime;
 use skiff_state::{ContainerRecord, OWNER_SERVE};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch};
 
 use super::lambda::{self, Hub, Slot};
 use super::metrics::{self, RevisionMetrics};
@@ -38,6 +39,11 @@ use crate::context::Context;
 
 /// SIGTERM, then this long before SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
+const LAMBDA_GRACE: Duration = Duration::from_secs(1);
+/// Instance starts under way at once per revision, at most (a burst from
+/// zero asks for dozens; started together on two cores, the first is
+/// ready only when all are).
+const PARALLEL_STARTS: usize = 4;
 /// How often readiness is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
 const RUNTIME: &str = "crun";
@@ -90,8 +96,6 @@ pub struct Revision {
     root: Arc<PathBuf>,
     hub: Arc<Hub>,
     pool: Mutex<Pool>,
-    /// Woken when an instance becomes ready, frees a slot, exits, or a start fails.
-    changed: Notify,
     /// The database says `ready` (once an instance first passed readiness).
     recorded_ready: AtomicBool,
     /// The KPA autoscaler, fed and consulted by the daemon's tick only
@@ -109,15 +113,16 @@ struct Pool {
     /// Out of rotation, on their way down.
     stopping: Vec<Arc<Instance>>,
     starting: usize,
-    /// Failed starts so far, and why the last one failed.
+    /// Failed starts so far (after one, only a working instance scales out).
     failures: u64,
-    last_error: String,
     in_flight: usize,
     /// Highest `in_flight` since the last tick (so requests that start and
     /// end between two ticks still count as activity).
     peak: usize,
-    /// Requests waiting for an instance (the activator's queue).
-    waiting: usize,
+    /// Requests waiting for an instance, first come first served (the
+    /// activator's queue): a freed slot or a new instance goes to the
+    /// front one. A sender whose request gave up is closed and skipped.
+    queue: VecDeque<oneshot::Sender<Result<Arc<Instance>, Unavailable>>>,
     last_request: Instant,
     retired: bool,
 }
@@ -142,13 +147,12 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        let mut pool = self.rev.lock();
         self.instance.inflight.fetch_sub(1, Ordering::SeqCst);
-        {
-            let mut pool = self.rev.lock();
-            pool.in_flight -= 1;
-            pool.last_request = Instant::now();
-        }
-        self.rev.changed.notify_waiters();
+        pool.in_flight -= 1;
+        pool.last_request = Instant::now();
+        // The freed slot goes to the longest-waiting request.
+        self.rev.dispatch(&mut pool);
     }
 }
 
@@ -169,14 +173,12 @@ impl Revision {
                 stopping: Vec::new(),
                 starting: 0,
                 failures: 0,
-                last_error: String::new(),
                 in_flight: 0,
                 peak: 0,
-                waiting: 0,
+                queue: VecDeque::new(),
                 last_request: Instant::now(),
                 retired: false,
             }),
-            changed: Notify::new(),
             recorded_ready: AtomicBool::new(false),
             scaler: Mutex::new(None),
             clock: SystemClock::new(),
@@ -205,71 +207,117 @@ impl Revision {
     }
 
     /// A lease on the ready instance with the fewest requests in flight and
-    /// room for one more; without one, starts an instance (one start at a
-    /// time, up to `max`: the fast path for a cold start, the autoscaler's
-    /// tick adds the rest in parallel) and waits, counted among the
-    /// revision's waiting requests, at most the service timeout.
+    /// room for one more. Without one (or with requests already waiting:
+    /// first come, first served), the request joins the queue, starting
+    /// an instance if none is starting (up to `max`: the fast path of a
+    /// cold start; the autoscaler's tick adds the rest), and waits at most
+    /// the service timeout for a slot handed to it.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Unavailable> {
         let began = Instant::now();
         let deadline = tokio::time::Instant::now() + self.wait_limit();
-        let cap = self.spec.concurrency as usize;
-        let mut seen_failures = None;
-        let mut waited_for_start = false;
-        let mut queued = Queued(self, false);
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut pool = self.lock();
-                if pool.retired {
-                    return Err(Unavailable::Retired);
-                }
-                let seen = *seen_failures.get_or_insert(pool.failures);
-                if pool.failures > seen {
-                    return Err(Unavailable::StartFailed(pool.last_error.clone()));
-                }
-                let best = pool
-                    .ready
-                    .iter()
-                    .filter(|i| cap == 0 || i.inflight.load(Ordering::SeqCst) < cap)
-                    .min_by_key(|i| i.inflight.load(Ordering::SeqCst))
-                    .cloned();
-                if let Some(instance) = best {
-                    instance.inflight.fetch_add(1, Ordering::SeqCst);
-                    pool.in_flight += 1;
-                    pool.peak = pool.peak.max(pool.in_flight);
-                    pool.last_request = Instant::now();
-                    if std::mem::take(&mut queued.1) {
-                        pool.waiting -= 1;
-                    }
+        let (mut rx, cold) = {
+            let mut pool = self.lock();
+            if pool.retired {
+                return Err(Unavailable::Retired);
+            }
+            if pool.queue.is_empty() {
+                if let Some(instance) = self.free(&pool) {
+                    self.take_slot(&mut pool, &instance);
                     return Ok(Lease {
                         rev: self.clone(),
                         instance,
-                        cold: waited_for_start.then(|| began.elapsed()),
+                        cold: None,
                     });
                 }
-                let max = self.spec.max as usize;
-                if pool.starting == 0 && (max == 0 || pool.ready.len() < max) {
-                    pool.starting += 1;
-                    tokio::spawn(start(self.clone()));
-                }
-                // Waiting for a start is a cold start; waiting for a busy
-                // instance to free a slot is queueing.
-                waited_for_start |= pool.starting > 0;
-                if !queued.1 {
-                    let limit = queue_limit(&self.spec);
-                    if pool.waiting >= limit {
-                        return Err(Unavailable::QueueFull(limit));
-                    }
-                    queued.1 = true;
-                    pool.waiting += 1;
+            }
+            pool.queue.retain(|w| !w.is_closed());
+            let limit = queue_limit(&self.spec);
+            if pool.queue.len() >= limit {
+                return Err(Unavailable::QueueFull(limit));
+            }
+            let max = self.spec.max as usize;
+            if pool.starting == 0 && (max == 0 || pool.ready.len() < max) {
+                pool.starting += 1;
+                tokio::spawn(start(self.clone()));
+            }
+            let (tx, rx) = oneshot::channel();
+            pool.queue.push_back(tx);
+            // Waiting for a start is a cold start; waiting for a busy
+            // instance to free a slot is queueing.
+            (rx, pool.starting > 0)
+        };
+        let handed = match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(Ok(handed)) => handed,
+            // The queue was dropped with the revision.
+            Ok(Err(_)) => Err(Unavailable::Retired),
+            Err(_) => {
+                // A slot may have been handed over just as time ran out:
+                // take it rather than lose it.
+                rx.close();
+                match rx.try_recv() {
+                    Ok(handed) => handed,
+                    Err(_) => Err(Unavailable::Timeout(self.wait_limit())),
                 }
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Unavailable::Timeout(self.wait_limit()));
+        };
+        handed.map(|instance| Lease {
+            rev: self.clone(),
+            instance,
+            cold: cold.then(|| began.elapsed()),
+        })
+    }
+
+    /// The ready instance with the fewest requests in flight and room for
+    /// one more.
+    fn free(&self, pool: &Pool) -> Option<Arc<Instance>> {
+        let cap = self.spec.concurrency as usize;
+        pool.ready
+            .iter()
+            .filter(|i| cap == 0 || i.inflight.load(Ordering::SeqCst) < cap)
+            .min_by_key(|i| i.inflight.load(Ordering::SeqCst))
+            .cloned()
+    }
+
+    fn take_slot(&self, pool: &mut Pool, instance: &Instance) {
+        instance.inflight.fetch_add(1, Ordering::SeqCst);
+        pool.in_flight += 1;
+        pool.peak = pool.peak.max(pool.in_flight);
+        pool.last_request = Instant::now();
+    }
+
+    /// Hands free slots to waiting requests, oldest first; when requests
+    /// still wait with nothing starting and room below `max`, starts one.
+    fn dispatch(self: &Arc<Self>, pool: &mut Pool) {
+        while let Some(front) = pool.queue.front() {
+            if front.is_closed() {
+                pool.queue.pop_front();
+                continue;
+            }
+            let Some(instance) = self.free(pool) else {
+                break;
+            };
+            let waiter = pool.queue.pop_front().expect("the queue has a front");
+            self.take_slot(pool, &instance);
+            if let Err(Ok(back)) = waiter.send(Ok(instance)) {
+                // It gave up meanwhile: the slot is free again.
+                back.inflight.fetch_sub(1, Ordering::SeqCst);
+                pool.in_flight -= 1;
             }
         }
+        let max = self.spec.max as usize;
+        if !pool.retired
+            && !pool.queue.is_empty()
+            && pool.starting == 0
+            && (max == 0 || pool.ready.len() < max)
+        {
+            pool.starting += 1;
+            tokio::spawn(start(self.clone()));
+        }
+    }
+
+    /// Requests waiting for an instance now.
+    fn waiting(pool: &Pool) -> usize {
+        pool.queue.iter().filter(|w| !w.is_closed()).count()
     }
 
     /// How long a request may wait for an instance, and a start may take:
@@ -294,7 +342,6 @@ impl Revision {
         }
         let (root, id) = (self.root.clone(), inst.id.clone());
         tokio::spawn(async move { signal(&root, &id, libc::SIGKILL, true).await });
-        self.changed.notify_waiters();
     }
 
     /// Keeps `min` instances up (one start at a time).
@@ -329,7 +376,7 @@ impl Revision {
             }
             let peak = pool.peak;
             pool.peak = pool.in_flight;
-            (peak, pool.in_flight, pool.waiting, pool.ready.len())
+            (peak, pool.in_flight, Self::waiting(&pool), pool.ready.len())
         };
         if peak > in_flight {
             scaler.record(now, peak as f64);
@@ -351,7 +398,10 @@ impl Revision {
             // After a failed start, only scale up from a working instance
             // (no crash loop; requests still start one themselves).
             if desired > have && (pool.failures == 0 || !pool.ready.is_empty()) {
-                for _ in have..desired {
+                // Starts compete for the same cores: a few at a time gets
+                // the first ones ready soonest (the next tick starts more).
+                let room = PARALLEL_STARTS.saturating_sub(pool.starting);
+                for _ in 0..(desired - have).min(room) {
                     pool.starting += 1;
                     tokio::spawn(start(self.clone()));
                 }
@@ -409,9 +459,11 @@ impl Revision {
             pool.retired = true;
             let ready = std::mem::take(&mut pool.ready);
             pool.stopping.extend(ready);
+            for waiter in pool.queue.drain(..) {
+                let _ = waiter.send(Err(Unavailable::Retired));
+            }
             pool.stopping.clone()
         };
-        self.changed.notify_waiters();
         let stops: Vec<_> = all
             .into_iter()
             .map(|i| tokio::spawn(stop(self.root.clone(), i)))
@@ -454,7 +506,7 @@ impl Revision {
             ready: pool.ready.len(),
             starting: pool.starting,
             stopping: pool.stopping.len(),
-            waiting: pool.waiting,
+            waiting: Self::waiting(&pool),
             desired: self.desired.load(Ordering::Relaxed),
             panicking: self.panicking.load(Ordering::Relaxed),
         }
@@ -473,39 +525,44 @@ impl Revision {
             if found {
                 pool.stopping.push(inst.clone());
             }
+            self.dispatch(&mut pool);
             found
         };
         if found {
             tracing::warn!(instance = %inst.name, "refused a connection: out of rotation");
             tokio::spawn(stop(self.root.clone(), inst.clone()));
         }
-        self.changed.notify_waiters();
+    }
+
+    /// Evicts the instance if its port no longer accepts a connection (a
+    /// request's connection to it broke: it may have died, and its
+    /// monitor may not have said so yet).
+    pub fn check(self: &Arc<Self>, inst: &Arc<Instance>) {
+        let (rev, inst) = (self.clone(), inst.clone());
+        tokio::spawn(async move {
+            let probe = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(inst.addr),
+            );
+            if !matches!(probe.await, Ok(Ok(_))) {
+                rev.evict(&inst);
+            }
+        });
     }
 
     /// The instance left (crashed, or was stopped): out of every list.
-    fn forget(&self, inst: &Arc<Instance>) {
+    fn forget(self: &Arc<Self>, inst: &Arc<Instance>) {
         let crashed = {
             let mut pool = self.lock();
             let before = pool.ready.len();
             pool.ready.retain(|i| !Arc::ptr_eq(i, inst));
             pool.stopping.retain(|i| !Arc::ptr_eq(i, inst));
+            // Requests waiting on it get a replacement started.
+            self.dispatch(&mut pool);
             pool.ready.len() != before
         };
         if crashed {
             tracing::warn!(instance = %inst.name, "instance exited; out of rotation");
-        }
-        self.changed.notify_waiters();
-    }
-}
-
-/// Counts an `acquire` among the revision's waiting requests until it
-/// gets a lease or gives up.
-struct Queued<'a>(&'a Revision, bool);
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            self.0.lock().waiting -= 1;
         }
     }
 }
@@ -531,16 +588,22 @@ async fn start(rev: Arc<Revision>) {
                 pool.ready.push(inst.clone());
                 ready = true;
                 tokio::spawn(watch_exit(rev.clone(), inst));
+                rev.dispatch(&mut pool);
             }
             Err(e) => {
                 let why = format!("{e:#}");
                 tracing::warn!(revision = %rev.name, "instance failed to start: {why}");
                 pool.failures += 1;
-                pool.last_error = why;
+                // With nothing to serve them and nothing else starting, the
+                // waiting requests hear why now rather than at their timeout.
+                if pool.ready.is_empty() && pool.starting == 0 {
+                    for waiter in pool.queue.drain(..) {
+                        let _ = waiter.send(Err(Unavailable::StartFailed(why.clone())));
+                    }
+                }
             }
         }
     }
-    rev.changed.notify_waiters();
     if ready && !rev.recorded_ready.swap(true, Ordering::SeqCst) {
         let r = rev.clone();
         tokio::task::spawn_blocking(move || {
@@ -566,7 +629,7 @@ async fn watch_exit(rev: Arc<Revision>, inst: Arc<Instance>) {
 fn gone(rev: &Revision, inst: &Instance) {
     if let (Some(slot), std::net::IpAddr::V4(ip)) = (&inst.lambda, inst.addr.ip()) {
         slot.close();
-        rev.hub.unregister(ip);
+        rev.hub.unregister(ip, slot);
     }
 }
 
@@ -782,7 +845,9 @@ fn create(root: &Path, rev: &Revision) -> Result<Created> {
         slot
     });
     let child = crate::monitor::spawn_detached(&ctx, &record, Vec::new()).map_err(|e| {
-        rev.hub.unregister(ip);
+        if let Some(slot) = &slot {
+            rev.hub.unregister(ip, slot);
+        }
         undo(e)
     })?;
     Ok((id, name, ip, child, slot))
@@ -797,13 +862,20 @@ pub async fn stop(root: Arc<PathBuf>, inst: Arc<Instance>) {
     }
     let mut rx = inst.exited.clone();
     signal(&root, &inst.id, libc::SIGTERM, false).await;
-    if tokio::time::timeout(GRACE, rx.wait_for(|e| *e))
+    // A Lambda runtime client is not told to stop (Lambda kills it), and
+    // as pid 1 it ignores SIGTERM: no point waiting long.
+    let grace = if inst.lambda.is_some() {
+        LAMBDA_GRACE
+    } else {
+        GRACE
+    };
+    if tokio::time::timeout(grace, rx.wait_for(|e| *e))
         .await
         .is_ok()
     {
         return;
     }
-    tracing::warn!(instance = %inst.name, "no exit {GRACE:?} after SIGTERM: killing");
+    tracing::warn!(instance = %inst.name, "no exit {grace:?} after SIGTERM: killing");
     signal(&root, &inst.id, libc::SIGKILL, true).await;
     if tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|e| *e))
         .await

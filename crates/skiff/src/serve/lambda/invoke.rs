@@ -339,7 +339,7 @@ pub async fn run(
         reply: tx,
     };
     let sent = Instant::now();
-    let reply = if slot.send(inv).await.is_err() {
+    let reply = if !slot.send(inv) {
         exited(&id)
     } else {
         match tokio::time::timeout(timeout, rx).await {

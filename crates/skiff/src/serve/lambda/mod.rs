@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Bytes;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 /// Lambda's limit on a synchronous request or response payload.
 pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -74,11 +74,21 @@ pub enum Phase {
 /// One instance's side of the Runtime API.
 pub struct Slot {
     pub instance: String,
-    tx: mpsc::Sender<Invocation>,
-    rx: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
-    /// The invocation handed out and not yet answered.
-    current: Mutex<Option<(String, oneshot::Sender<Reply>)>>,
+    state: Mutex<SlotState>,
+    /// Wakes the runtime client's poll when an invocation arrives or the
+    /// slot closes.
+    arrived: Notify,
     pub phase: watch::Sender<Phase>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// Sent, not yet taken by a poll (one at most: the lease sees to it).
+    pending: Option<Invocation>,
+    /// The invocation handed out and not yet answered.
+    current: Option<(String, oneshot::Sender<Reply>)>,
+    /// The instance is gone: nothing more is sent or taken.
+    closed: bool,
 }
 
 /// Why the runtime's post was refused (the Runtime API's 400/403).
@@ -90,26 +100,35 @@ pub enum Refused {
 
 impl Slot {
     pub fn new(instance: String) -> Arc<Slot> {
-        // One invocation at a time: the lease guarantees it, the channel
-        // only carries it across.
-        let (tx, rx) = mpsc::channel(1);
         Arc::new(Slot {
             instance,
-            tx,
-            rx: tokio::sync::Mutex::new(rx),
-            current: Mutex::new(None),
+            state: Mutex::new(SlotState::default()),
+            arrived: Notify::new(),
             phase: watch::channel(Phase::Init).0,
         })
     }
 
-    /// Hands an invocation to the instance (the caller holds its lease).
-    /// Gives it back if the instance is gone.
-    pub async fn send(&self, inv: Invocation) -> Result<(), Invocation> {
-        self.tx.send(inv).await.map_err(|e| e.0)
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands an invocation to the instance (the caller holds its lease);
+    /// false if the instance is gone (the invocation is dropped).
+    pub fn send(&self, inv: Invocation) -> bool {
+        {
+            let mut st = self.lock();
+            if st.closed || st.pending.is_some() {
+                return false;
+            }
+            st.pending = Some(inv);
+        }
+        self.arrived.notify_one();
+        true
     }
 
     /// The runtime client's long poll: the next invocation, which becomes
-    /// the current one. `None` once the slot is closed.
+    /// the current one (its reply goes back when the client posts a result
+    /// for its id). `None` once the slot is closed.
     pub async fn next(&self) -> Option<Invocation> {
         self.phase.send_if_modified(|p| {
             let first = *p == Phase::Init;
@@ -118,27 +137,40 @@ impl Slot {
             }
             first
         });
-        let mut rx = self.rx.lock().await;
-        rx.recv().await
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.closed {
+                    return None;
+                }
+                if let Some(inv) = st.pending.take() {
+                    return Some(inv);
+                }
+            }
+            arrived.await;
+        }
     }
 
     /// Records the invocation handed out; its reply goes back when the
     /// client posts a result for its id.
     pub fn hand_out(&self, id: String, reply: oneshot::Sender<Reply>) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, reply));
+        self.lock().current = Some((id, reply));
     }
 
     /// The client's result for `id`.
     pub fn answer(&self, id: &str, reply: Reply) -> Result<(), Refused> {
-        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        match cur.take() {
+        let mut st = self.lock();
+        match st.current.take() {
             Some((have, tx)) if have == id => {
                 // The caller may have given up (timeout): nothing to do.
                 let _ = tx.send(reply);
                 Ok(())
             }
             other => {
-                *cur = other;
+                st.current = other;
                 Err(Refused::UnknownId)
             }
         }
@@ -151,14 +183,14 @@ impl Slot {
     /// The instance is gone: every caller waiting on it hears so (their
     /// reply senders drop).
     pub fn close(&self) {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Ok(mut rx) = self.rx.try_lock() {
-            rx.close();
-            while rx.try_recv().is_ok() {}
-        }
+        let (pending, current) = {
+            let mut st = self.lock();
+            st.closed = true;
+            (st.pending.take(), st.current.take())
+        };
+        // Dropped outside the lock: their callers wake to an error.
+        drop((pending, current));
+        self.arrived.notify_waiters();
     }
 }
 
@@ -190,11 +222,13 @@ impl Hub {
         self.registered.notify_waiters();
     }
 
-    pub fn unregister(&self, ip: Ipv4Addr) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ip);
+    /// Forgets the instance at `ip`, if `slot` is still the one there: an
+    /// address freed by an exited instance may already serve a new one.
+    pub fn unregister(&self, ip: Ipv4Addr, slot: &Arc<Slot>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.get(&ip).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(&ip);
+        }
     }
 
     /// The slot of the instance at `ip`. A runtime client may poll before
@@ -376,7 +410,7 @@ mod tests {
             cognito_identity: None,
             reply: tx,
         };
-        assert!(slot.send(inv).await.is_ok());
+        assert!(slot.send(inv));
         let got = slot.next().await.unwrap();
         assert_eq!(*slot.phase.borrow(), Phase::Ready);
         slot.hand_out(got.id.clone(), got.reply);
