@@ -4,6 +4,7 @@
 //! (waiting while one starts: the activator) → the request proxied over a
 //! pooled keep-alive connection, bodies streamed both ways.
 
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ type Fut = Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
 
 /// Request bodies larger than this get 413 (Cloud Run's HTTP/1 limit).
 pub const MAX_BODY: u64 = 32 << 20;
+/// A request body that stops arriving for this long is cut off (408).
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// The request id header: a client's own is kept, otherwise one is made;
 /// the instance sees it and the response carries it.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -210,10 +213,7 @@ async fn proxy(
     // A request without a body can go to another instance if the first
     // refuses the connection (it died, and its monitor has not said so yet).
     let replayable = body.is_end_stream();
-    let mut body = Some(Capped {
-        inner: body,
-        left: MAX_BODY,
-    });
+    let mut body = Some(Capped::new(body));
     let mut tries = 0;
     let (resp, lease) = loop {
         tries += 1;
@@ -277,6 +277,11 @@ async fn proxy(
                 }
                 let resp = if caused_by_cap(&e) {
                     too_large(&route.service)
+                } else if caused_by::<BodyStalled>(&e) {
+                    json_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("service {}: {BodyStalled}", route.service),
+                    )
                 } else {
                     json_error(
                         StatusCode::BAD_GATEWAY,
@@ -461,9 +466,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn caused_by_cap(e: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<BodyTooLarge>(e)
+}
+
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut src = Some(e);
     while let Some(s) = src {
-        if s.is::<BodyTooLarge>() {
+        if s.is::<E>() {
             return true;
         }
         src = s.source();
@@ -543,11 +552,35 @@ impl hyper::body::Body for Leased {
 }
 
 /// The request body, failing once more than the limit has come (a
-/// chunked body has no length to check up front).
+/// chunked body has no length to check up front), or when the client
+/// sends nothing for `BODY_IDLE` (a slow client must not hold an
+/// instance's slot for ever).
 struct Capped<B> {
     inner: B,
     left: u64,
+    idle: Pin<Box<tokio::time::Sleep>>,
 }
+
+impl<B> Capped<B> {
+    fn new(inner: B) -> Capped<B> {
+        Capped {
+            inner,
+            left: MAX_BODY,
+            idle: Box::pin(tokio::time::sleep(BODY_IDLE)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BodyStalled;
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client sent no request body for {BODY_IDLE:?}")
+    }
+}
+
+impl std::error::Error for BodyStalled {}
 
 #[derive(Debug)]
 struct BodyTooLarge;
@@ -576,8 +609,15 @@ where
             Poll::Ready(Some(Ok(f))) => f,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                return match self.idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled.into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         };
+        let again = tokio::time::Instant::now() + BODY_IDLE;
+        self.idle.as_mut().reset(again);
         if let Some(data) = frame.data_ref() {
             let n = data.len() as u64;
             if n > self.left {
@@ -629,16 +669,24 @@ mod tests {
             StreamBody::new(futures_util::stream::iter(frames))
         };
         let under = Capped {
-            inner: chunks(3),
             left: 3000,
+            ..Capped::new(chunks(3))
         };
         assert_eq!(under.collect().await.unwrap().to_bytes().len(), 3000);
         let over = Capped {
-            inner: chunks(4),
             left: 3000,
+            ..Capped::new(chunks(4))
         };
         let e = over.collect().await.unwrap_err();
         assert!(caused_by_cap(&*e), "{e}");
+        // A body that stops coming is cut off after BODY_IDLE.
+        tokio::time::pause();
+        let (_tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let stalled = Capped::new(StreamBody::new(frames));
+        let e = stalled.collect().await.unwrap_err();
+        assert!(caused_by::<BodyStalled>(&*e), "{e}");
     }
 
     #[test]
