@@ -1,0 +1,234 @@
+//! A function on AWS's Rust runtime (the `lambda_runtime` crate) against a
+//! real daemon: tests/fixtures/rust-lambda, built here with cargo (into the
+//! build cache, so a machine pays once) and added to the offline debian base
+//! image (scripts/base-images.sh). The same image also serves the same logic
+//! in HTTP mode (`bootstrap --http`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::daemon::{instances, Daemon};
+use common::{repo_root, Skiff};
+
+/// `POST PATH` on the gateway with a Host header; status, head, body.
+fn post(
+    gw: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", gw)).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let buf = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// The Invoke API: `POST /2015-03-31/functions/{fun}/invocations`.
+fn invoke(gw: u16, fun: &str, payload: &[u8]) -> (u16, String, String) {
+    post(
+        gw,
+        &format!("127.0.0.1:{gw}"),
+        &format!("/2015-03-31/functions/{fun}/invocations"),
+        &[],
+        payload,
+    )
+}
+
+/// A header's value (names compared without case).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn base_cache() -> PathBuf {
+    std::env::var_os("SKIFF_BASE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/skiff-base"))
+}
+
+/// Builds the fixture (release, its own Cargo.lock) and returns `bootstrap`.
+fn build_fixture() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/skiff-target"))
+        .join("rust-lambda");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--locked", "--manifest-path"])
+        .arg(repo_root().join("tests/fixtures/rust-lambda/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "building tests/fixtures/rust-lambda failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("release/bootstrap")
+}
+
+/// `localhost/rustfn:latest`: the debian base plus `/var/runtime/bootstrap`.
+fn make_image(s: &Skiff, work: &std::path::Path) {
+    let status = Command::new("bash")
+        .arg(repo_root().join("scripts/base-images.sh"))
+        .arg("debian")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("bash");
+    assert!(status.success(), "scripts/base-images.sh debian failed");
+    let bootstrap = build_fixture();
+    let image = work.join("rustfn.tar");
+    let made = Command::new("python3")
+        .arg(repo_root().join("scripts/mkimage.py"))
+        .args([
+            "--name",
+            "localhost/rustfn:latest",
+            "--format",
+            "docker",
+            "--base",
+        ])
+        .arg(base_cache().join("debian-bookworm-slim.tar"))
+        .arg("--add")
+        .arg(format!("{}:/var/runtime/bootstrap", bootstrap.display()))
+        .args(["--cmd", r#"["/var/runtime/bootstrap"]"#])
+        .arg(&image)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkimage.py failed");
+    s.ok(&["load", "-q", "-i", image.to_str().unwrap()]);
+}
+
+#[test]
+fn a_lambda_runtime_function_in_lambda_and_http_mode() {
+    let s = Skiff::new();
+    let work = tempfile::tempdir().unwrap();
+    make_image(&s, work.path());
+    let d = Daemon::start(&s);
+    let gw = d.gateway;
+    s.ok(&[
+        "deploy",
+        "rustfn",
+        "--image",
+        "localhost/rustfn:latest",
+        "--mode",
+        "lambda",
+        "--timeout",
+        "5s",
+        "--max",
+        "4",
+    ]);
+
+    // RequestResponse: the handler's result, with the runtime's context.
+    let (code, head, body) = invoke(gw, "rustfn", br#"{"n":1}"#);
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(header(&head, "x-amz-function-error").is_none(), "{head}");
+    let v = json(&body);
+    assert_eq!(v["echo"]["n"], 1, "{body}");
+    assert_eq!(v["function"], "rustfn", "{body}");
+    let id = v["request_id"].as_str().expect("a request id");
+    assert_eq!(header(&head, "x-amzn-requestid"), Some(id), "{head}");
+
+    // A handler error: the Rust runtime posts /error with its Diagnostic.
+    let (code, head, body) = invoke(gw, "rustfn", br#"{"fail":true}"#);
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert_eq!(header(&head, "x-amz-function-error"), Some("Unhandled"));
+    let v = json(&body);
+    assert_eq!(v["errorMessage"], "asked to fail", "{body}");
+    assert!(
+        v["errorType"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    // The instance lives on after an error.
+    let (code, _, body) = invoke(gw, "rustfn", br#"{"after":"error"}"#);
+    assert_eq!(
+        (code, json(&body)["echo"]["after"].as_str()),
+        (200, Some("error"))
+    );
+
+    // Eight at once (each sleeps, so they overlap): all answered, by at
+    // most --max instances.
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                invoke(
+                    gw,
+                    "rustfn",
+                    format!("{{\"i\":{i},\"sleep_ms\":300}}").as_bytes(),
+                )
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    let mut ids = std::collections::HashSet::new();
+    for (i, c) in calls.into_iter().enumerate() {
+        let (code, head, body) = c.join().unwrap();
+        assert_eq!(code, 200, "{head}\n{body}");
+        let v = json(&body);
+        assert_eq!(v["echo"]["i"], i, "{body}");
+        ids.insert(v["request_id"].as_str().unwrap().to_string());
+        peak = peak.max(instances(&s, "rustfn"));
+    }
+    assert_eq!(ids.len(), 8, "request ids repeat: {ids:?}");
+    assert!(peak <= 4, "{peak} instances for --max 4");
+
+    // `skiff invoke`.
+    let out = s.run(&["invoke", "rustfn", "--payload", r#"{"x":1}"#]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["echo"]["x"], 1, "{v}");
+    assert_eq!(v["function"], "rustfn");
+    let out = s.run(&["invoke", "rustfn", "--payload", r#"{"fail":true}"#]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // The same image and logic in HTTP mode, through the gateway.
+    s.ok(&[
+        "deploy",
+        "rusthttp",
+        "--image",
+        "localhost/rustfn:latest",
+        "--",
+        "/var/runtime/bootstrap",
+        "--http",
+    ]);
+    let (code, head, body) = post(gw, "rusthttp.localhost", "/", &[], br#"{"n":2}"#);
+    assert_eq!(code, 200, "{head}\n{body}");
+    let v = json(&body);
+    assert_eq!(v["echo"]["n"], 2, "{body}");
+    assert_eq!(v["function"], "rusthttp", "{body}");
+    let (code, _, body) = post(gw, "rusthttp.localhost", "/", &[], br#"{"fail":true}"#);
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(json(&body)["errorMessage"], "asked to fail");
+
+    s.ok(&["delete", "rustfn"]);
+    s.ok(&["delete", "rusthttp"]);
+}
