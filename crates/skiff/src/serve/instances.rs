@@ -209,9 +209,9 @@ impl Revision {
     /// A lease on the ready instance with the fewest requests in flight and
     /// room for one more. Without one (or with requests already waiting:
     /// first come, first served), the request joins the queue, starting
-    /// an instance if none is starting (up to `max`: the fast path of a
-    /// cold start; the autoscaler's tick adds the rest), and waits at most
-    /// the service timeout for a slot handed to it.
+    /// an instance if there is none (the fast path of a cold start; the
+    /// autoscaler's tick adds the rest), and waits at most the service
+    /// timeout for a slot handed to it.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Unavailable> {
         let began = Instant::now();
         let deadline = tokio::time::Instant::now() + self.wait_limit();
@@ -235,8 +235,10 @@ impl Revision {
             if pool.queue.len() >= limit {
                 return Err(Unavailable::QueueFull(limit));
             }
-            let max = self.spec.max as usize;
-            if pool.starting == 0 && (max == 0 || pool.ready.len() < max) {
+            // Zero to one is the activator's; one to more the autoscaler's
+            // (it counts the waiting requests): starting one here whenever
+            // the instances are busy would start and stop them every tick.
+            if pool.starting == 0 && pool.ready.is_empty() {
                 pool.starting += 1;
                 tokio::spawn(start(self.clone()));
             }
@@ -286,7 +288,7 @@ impl Revision {
     }
 
     /// Hands free slots to waiting requests, oldest first; when requests
-    /// still wait with nothing starting and room below `max`, starts one.
+    /// still wait with no instance at all and none starting, starts one.
     fn dispatch(self: &Arc<Self>, pool: &mut Pool) {
         while let Some(front) = pool.queue.front() {
             if front.is_closed() {
@@ -304,12 +306,7 @@ impl Revision {
                 pool.in_flight -= 1;
             }
         }
-        let max = self.spec.max as usize;
-        if !pool.retired
-            && !pool.queue.is_empty()
-            && pool.starting == 0
-            && (max == 0 || pool.ready.len() < max)
-        {
+        if !pool.retired && !pool.queue.is_empty() && pool.starting == 0 && pool.ready.is_empty() {
             pool.starting += 1;
             tokio::spawn(start(self.clone()));
         }

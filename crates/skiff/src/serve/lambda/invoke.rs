@@ -339,34 +339,42 @@ pub async fn run(
         reply: tx,
     };
     let sent = Instant::now();
-    let reply = if !slot.send(inv) {
-        exited(&id)
-    } else {
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            // The instance went away with the invocation.
-            Ok(Err(_)) => exited(&id),
-            Err(_) => {
-                tracing::warn!(instance = %lease.instance.name, %id, "invocation timed out: killing the instance");
-                rev.kill(&lease.instance);
-                Reply::Error {
-                    kind: "Unhandled".into(),
-                    body: Bytes::from(
-                        json!({
-                            "errorType": "Sandbox.Timedout",
-                            "errorMessage": format!(
-                                "RequestId: {id} Error: Task timed out after {:.2} seconds",
-                                timeout.as_secs_f64()
-                            ),
-                        })
-                        .to_string(),
-                    ),
-                }
+    // The instance is busy until its runtime answers or is killed, even
+    // if the caller goes away: the lease lives in a task of its own.
+    let waited = {
+        let (rev, id) = (rev.clone(), id.clone());
+        tokio::spawn(async move {
+            if !slot.send(inv) {
+                return exited(&id);
             }
-        }
+            let reply = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => reply,
+                // The instance went away with the invocation.
+                Ok(Err(_)) => exited(&id),
+                Err(_) => {
+                    tracing::warn!(instance = %lease.instance.name, %id, "invocation timed out: killing the instance");
+                    rev.kill(&lease.instance);
+                    Reply::Error {
+                        kind: "Unhandled".into(),
+                        body: Bytes::from(
+                            json!({
+                                "errorType": "Sandbox.Timedout",
+                                "errorMessage": format!(
+                                    "RequestId: {id} Error: Task timed out after {:.2} seconds",
+                                    timeout.as_secs_f64()
+                                ),
+                            })
+                            .to_string(),
+                        ),
+                    }
+                }
+            };
+            drop(lease);
+            reply
+        })
     };
+    let reply = waited.await.unwrap_or_else(|_| exited(&id));
     let took = sent.elapsed();
-    drop(lease);
     rev.metrics.request(
         if matches!(reply, Reply::Response(_)) {
             200
