@@ -282,6 +282,17 @@ fn init_errors_reach_the_caller() {
             .contains("No module named app"),
         "{body}"
     );
+    // A runtime that never asks for an invocation: its init times out
+    // (Lambda's 10 s), the caller hears so.
+    s.ok(&[
+        "deploy", "silent", "--image", img, "--mode", "lambda", "--", "sleep", "600",
+    ]);
+    let t0 = Instant::now();
+    let (code, head, body) = invoke(d.gateway, "silent", &[], b"{}");
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert_eq!(json(&body)["errorType"], "Runtime.InitError", "{body}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+
     // An HTTP-mode service is not a function.
     s.ok(&["deploy", "web", "--image", img]);
     let (code, _, body) = invoke(d.gateway, "web", &[], b"{}");

@@ -322,7 +322,12 @@ impl Revision {
     /// limit (its timeout bounds the invocation, not the init).
     fn wait_limit(&self) -> Duration {
         match self.spec.mode {
-            Mode::Lambda => self.spec.timeout.max(lambda::INIT_TIMEOUT),
+            // A little past the init limit, so that an init that fails by
+            // it is what the waiting invocation hears.
+            Mode::Lambda => self
+                .spec
+                .timeout
+                .max(lambda::INIT_TIMEOUT + Duration::from_secs(2)),
             Mode::Http => self.spec.timeout,
         }
     }
@@ -653,7 +658,7 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
         lambda,
     });
     if inst.lambda.is_some() {
-        let ready = lambda_init(rev, &inst).await;
+        let ready = lambda_init(&inst).await;
         if ready.is_err() {
             stop(rev.root.clone(), inst.clone()).await;
             gone(rev, &inst);
@@ -695,11 +700,11 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
 /// A Lambda instance is ready once its runtime client first polls for an
 /// invocation (its init is done); it fails if it reports an init error,
 /// exits, or takes longer than Lambda's init limit.
-async fn lambda_init(rev: &Arc<Revision>, inst: &Arc<Instance>) -> Result<()> {
+async fn lambda_init(inst: &Arc<Instance>) -> Result<()> {
     let slot = inst.lambda.as_ref().expect("a lambda instance");
     let mut phase = slot.phase.subscribe();
     let mut exited = inst.exited.clone();
-    let limit = rev.wait_limit();
+    let limit = lambda::INIT_TIMEOUT;
     let waited = tokio::time::timeout(limit, async {
         tokio::select! {
             p = phase.wait_for(|p| *p != lambda::Phase::Init) => p.map(|p| p.clone()).ok(),
