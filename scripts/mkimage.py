@@ -68,7 +68,8 @@ exec cat
 # "fail" posts an error, "sleep" sleeps 30 s (past any test timeout),
 # "exit" exits mid-invocation, "print" prints a log line first, "shaped"
 # answers an HTTP response (statusCode, headers, cookies, body), "big"
-# answers 7 MB (over Lambda's 6 MB).
+# answers 7 MB (over Lambda's 6 MB), "badjson" answers text, "wrongid"
+# first posts a result for an id that is not outstanding.
 LAMBDA_ECHO = b"""#!/bin/sh
 api="http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime"
 echo "init $AWS_LAMBDA_FUNCTION_NAME handler=$_HANDLER"
@@ -82,6 +83,9 @@ while true; do
     *fail*) wget -q -O /dev/null --header 'Lambda-Runtime-Function-Error-Type: Unhandled' \
               --post-data '{"errorMessage":"asked to fail","errorType":"EchoError"}' "$api/invocation/$id/error" ;;
     *shaped*) wget -q -O /dev/null --post-data '{"statusCode":201,"headers":{"x-fn":"yes"},"cookies":["a=1"],"body":"made"}' "$api/invocation/$id/response" ;;
+    *badjson*) wget -q -O /dev/null --post-data 'this is not json' "$api/invocation/$id/response" ;;
+    *wrongid*) wget -q -O /dev/null --post-data '{}' "$api/invocation/not-$id/response"
+               wget -q -O /dev/null --post-data '{"after":"wrongid"}' "$api/invocation/$id/response" ;;
     *sleep*) sleep 30 ;;
     *big*) head -c 7000000 /dev/zero | tr '\\0' a > /tmp/big
            wget -q -O /dev/null --post-file /tmp/big "$api/invocation/$id/response" ;;

@@ -213,6 +213,32 @@ fn invoke_api_results_errors_timeouts_and_concurrency() {
     let (code, _, _) = invoke(gw, "echo", &[], b"{}");
     assert_eq!(code, 200);
 
+    // A result that is not JSON is passed on as it is (as Lambda does for
+    // custom runtimes); a post for an id that is not outstanding gets 400
+    // and changes nothing.
+    let (code, _, body) = invoke(gw, "echo", &[], br#"{"badjson":1}"#);
+    assert_eq!((code, body.as_str()), (200, "this is not json"));
+    let (code, _, body) = invoke(gw, "echo", &[], br#"{"wrongid":1}"#);
+    assert_eq!(
+        (code, json(&body)["after"].as_str()),
+        (200, Some("wrongid")),
+        "{body}"
+    );
+    // (wget says so on stderr, which `skiff logs` keeps on stderr.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = s.run(&["logs", "echo"]);
+        let errors = String::from_utf8_lossy(&out.stderr).into_owned();
+        if errors.contains("HTTP/1.1 400") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runtime saw no 400: {errors}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Plain HTTP to the function: a v2.0 event in, the result out.
     let (code, head, body) = common::daemon::get(gw, "echo.localhost", "/some/path?x=1&x=2");
     assert_eq!(code, 200, "{head}\n{body}");
