@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::daemon::{instances, Daemon};
 use common::{repo_root, Skiff};
@@ -128,6 +128,25 @@ fn make_image(s: &Skiff, work: &std::path::Path) {
     s.ok(&["load", "-q", "-i", image.to_str().unwrap()]);
 }
 
+const BOTO_STREAM: &str = r#"import sys, boto3
+c = boto3.client("lambda", endpoint_url=sys.argv[1], region_name="us-east-1",
+                 aws_access_key_id="test", aws_secret_access_key="test")
+r = c.invoke_with_response_stream(FunctionName="rustfn", Payload=b'{"stream": 3}')
+chunks, complete = [], None
+for ev in r["EventStream"]:
+    if "PayloadChunk" in ev:
+        chunks.append(ev["PayloadChunk"]["Payload"])
+    if "InvokeComplete" in ev:
+        complete = ev["InvokeComplete"]
+data = b"".join(chunks)
+assert data.endswith(b"chunk 0\nchunk 1\nchunk 2\n"), data
+assert complete is not None and not complete.get("ErrorCode"), complete
+r = c.invoke_with_response_stream(FunctionName="rustfn", Payload=b'{"fail": true}')
+done = [ev["InvokeComplete"] for ev in r["EventStream"] if "InvokeComplete" in ev]
+assert done and done[0].get("ErrorCode"), done
+print("stream ok")
+"#;
+
 #[test]
 fn a_lambda_runtime_function_in_lambda_and_http_mode() {
     let s = Skiff::new();
@@ -209,6 +228,60 @@ fn a_lambda_runtime_function_in_lambda_and_http_mode() {
     assert_eq!(v["function"], "rustfn");
     let out = s.run(&["invoke", "rustfn", "--payload", r#"{"fail":true}"#]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // Response streaming. A plain Invoke gets it whole (the prelude gone).
+    let (code, head, body) = invoke(gw, "rustfn", br#"{"stream":2}"#);
+    assert_eq!((code, body.as_str()), (200, "chunk 0\nchunk 1\n"), "{head}");
+    // A function URL gets the prelude's status and headers, then the
+    // chunks as they are made (100 ms apart), not all at the end.
+    let mut c = TcpStream::connect(("127.0.0.1", gw)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"GET /stream/4 HTTP/1.1\r\nHost: rustfn.localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+    let mut first_chunk = None;
+    loop {
+        let n = c.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if first_chunk.is_none() && String::from_utf8_lossy(&got).contains("chunk 0") {
+            first_chunk = Some(Instant::now());
+        }
+    }
+    let spread = first_chunk.expect("no chunk 0").elapsed();
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("x-streamed: yes"),
+        "{text}"
+    );
+    for i in 0..4 {
+        assert!(text.contains(&format!("chunk {i}\n")), "{text}");
+    }
+    assert!(
+        spread >= Duration::from_millis(200),
+        "all at once ({spread:?}): {text}"
+    );
+    // InvokeWithResponseStream through boto3 (event-stream frames, CRCs checked).
+    let python = std::path::Path::new("/var/cache/skiff-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "run scripts/pytools.sh (scripts/test.sh does)"
+    );
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(BOTO_STREAM)
+        .arg(format!("http://127.0.0.1:{gw}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The same image and logic in HTTP mode, through the gateway.
     s.ok(&[

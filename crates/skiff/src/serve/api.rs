@@ -55,7 +55,7 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Response<Bod
                     .map(str::to_string)
             });
             let req = req.map(super::incoming);
-            super::lambda::invoke::invoke(&daemon, &name, qualifier, req)
+            super::lambda::invoke::invoke(&daemon, &name, qualifier, req, false)
                 .await
                 .1
         }

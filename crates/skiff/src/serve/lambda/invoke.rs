@@ -13,14 +13,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt as _;
 use hyper::body::Bytes;
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use skiff_core::Mode;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{percent_decode, Invocation, Reply, MAX_EVENT_PAYLOAD, MAX_PAYLOAD};
+use super::{percent_decode, stream, Invocation, Reply, MAX_EVENT_PAYLOAD, MAX_PAYLOAD};
 use crate::context::Context;
 use crate::serve::instances::{Revision, Unavailable};
 use crate::serve::{full, read_body, Body, Daemon, ReadError};
@@ -34,7 +35,7 @@ const TAIL: usize = 4096;
 
 /// Is this path the Invoke API's?
 pub fn is_invoke_path(path: &str) -> bool {
-    path.starts_with("/2015-03-31/functions/")
+    path.starts_with("/2015-03-31/functions/") || path.starts_with("/2021-11-15/functions/")
 }
 
 /// The gateway's entry: `/2015-03-31/functions/{name}/invocations`.
@@ -44,15 +45,19 @@ pub async fn api(
 ) -> (Option<Arc<Revision>>, Response<Body>) {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let ["2015-03-31", "functions", name, "invocations"] = segs.as_slice() else {
-        return (
-            None,
-            aws_error(
-                StatusCode::NOT_FOUND,
-                "UnknownOperationException",
-                &format!("no such Lambda API call: {} {path}", req.method()),
-            ),
-        );
+    let (name, streaming) = match segs.as_slice() {
+        ["2015-03-31", "functions", name, "invocations"] => (*name, false),
+        ["2021-11-15", "functions", name, "response-streaming-invocations"] => (*name, true),
+        _ => {
+            return (
+                None,
+                aws_error(
+                    StatusCode::NOT_FOUND,
+                    "UnknownOperationException",
+                    &format!("no such Lambda API call: {} {path}", req.method()),
+                ),
+            )
+        }
     };
     if req.method() != Method::POST {
         return (
@@ -70,15 +75,18 @@ pub async fn api(
             .find_map(|kv| kv.strip_prefix("Qualifier="))
             .map(|q| percent_decode(q, false))
     });
-    invoke(daemon, &name, qualifier, req).await
+    invoke(daemon, &name, qualifier, req, streaming).await
 }
 
-/// One invocation, from the gateway or `skiff invoke` (the control API).
+/// One invocation, from the gateway or `skiff invoke` (the control API);
+/// `streaming`: InvokeWithResponseStream (the result as event-stream
+/// messages, as the function makes it).
 pub async fn invoke(
     daemon: &Arc<Daemon>,
     name: &str,
     qualifier: Option<String>,
     req: Request<Body>,
+    streaming: bool,
 ) -> (Option<Arc<Revision>>, Response<Body>) {
     // `name`, `name:qualifier` or a full ARN.
     let (name, qualifier) = match split_function_name(name) {
@@ -204,7 +212,11 @@ pub async fn invoke(
             (Some(rev), resp)
         }
         _ => {
-            let done = run(daemon, &rev, super::request_id(), payload, &meta, tail).await;
+            let id = super::request_id();
+            let done = run(daemon, &rev, id, payload, &meta, tail, streaming).await;
+            if streaming && done.reply.is_ok() {
+                return (Some(rev), done.into_event_stream(&version));
+            }
             (Some(rev), done.into_response(&version, tail))
         }
     }
@@ -229,10 +241,28 @@ pub struct Done {
 }
 
 impl Done {
+    /// InvokeWithResponseStream's answer: 200, then event-stream messages.
+    fn into_event_stream(self, version: &str) -> Response<Body> {
+        let Ok(reply) = self.reply else {
+            return self.into_response(version, false);
+        };
+        let mut r = Response::new(stream::event_stream(reply, self.log).boxed());
+        let h = r.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.amazon.eventstream"),
+        );
+        set(h, "x-amzn-requestid", &self.id);
+        set(h, "x-amz-executed-version", version);
+        r
+    }
+
     fn into_response(self, version: &str, tail: bool) -> Response<Body> {
         let (function_error, body) = match self.reply {
             Ok(Reply::Response(b)) => (None, b),
             Ok(Reply::Error { kind, body }) => (Some(kind), body),
+            // (Buffered before it gets here.)
+            Ok(Reply::Stream(_)) => (None, Bytes::new()),
             Err(Unavailable::QueueFull(_)) => {
                 return aws_error(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -297,6 +327,7 @@ pub async fn run(
     payload: Bytes,
     meta: &Meta,
     want_log: bool,
+    want_stream: bool,
 ) -> Done {
     let began = Instant::now();
     let lease = match rev.acquire().await {
@@ -341,42 +372,82 @@ pub async fn run(
     let sent = Instant::now();
     // The instance is busy until its runtime answers or is killed, even
     // if the caller goes away: the lease lives in a task of its own.
-    let waited = {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    {
         let (rev, id) = (rev.clone(), id.clone());
+        let deadline = tokio::time::Instant::now() + timeout;
         tokio::spawn(async move {
+            let timed_out = |rev: &Arc<Revision>| {
+                tracing::warn!(instance = %lease.instance.name, %id, "invocation timed out: killing the instance");
+                rev.kill(&lease.instance);
+                Reply::Error {
+                    kind: "Unhandled".into(),
+                    body: Bytes::from(
+                        json!({
+                            "errorType": "Sandbox.Timedout",
+                            "errorMessage": format!(
+                                "RequestId: {id} Error: Task timed out after {:.2} seconds",
+                                timeout.as_secs_f64()
+                            ),
+                        })
+                        .to_string(),
+                    ),
+                }
+            };
             if !slot.send(inv) {
-                return exited(&id);
+                let _ = reply_tx.send(exited(&id));
+                return;
             }
-            let reply = match tokio::time::timeout(timeout, rx).await {
+            let reply = match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(reply)) => reply,
                 // The instance went away with the invocation.
                 Ok(Err(_)) => exited(&id),
-                Err(_) => {
-                    tracing::warn!(instance = %lease.instance.name, %id, "invocation timed out: killing the instance");
-                    rev.kill(&lease.instance);
-                    Reply::Error {
-                        kind: "Unhandled".into(),
-                        body: Bytes::from(
-                            json!({
-                                "errorType": "Sandbox.Timedout",
-                                "errorMessage": format!(
-                                    "RequestId: {id} Error: Task timed out after {:.2} seconds",
-                                    timeout.as_secs_f64()
-                                ),
-                            })
-                            .to_string(),
-                        ),
+                Err(_) => timed_out(&rev),
+            };
+            let Reply::Stream(mut from) = reply else {
+                drop(lease);
+                let _ = reply_tx.send(reply);
+                return;
+            };
+            // Streaming: the instance stays busy until its stream ends
+            // (within the timeout), whether or not the caller still reads.
+            let (tx, chunks) = mpsc::channel(16);
+            let _ = reply_tx.send(Reply::Stream(stream::Streamed {
+                content_type: from.content_type.take(),
+                chunks,
+            }));
+            loop {
+                match tokio::time::timeout_at(deadline, from.chunks.recv()).await {
+                    Ok(Some(chunk)) => {
+                        let _ = tx.send(chunk).await;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        if let Reply::Error { body, .. } = timed_out(&rev) {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            let f = stream::Failure {
+                                kind: "Sandbox.Timedout".into(),
+                                message: v["errorMessage"].as_str().unwrap_or_default().to_string(),
+                            };
+                            let _ = tx.send(Err(f)).await;
+                        }
+                        break;
                     }
                 }
-            };
+            }
             drop(lease);
-            reply
-        })
-    };
-    let reply = waited.await.unwrap_or_else(|_| exited(&id));
+        });
+    }
+    let mut reply = reply_rx.await.unwrap_or_else(|_| exited(&id));
+    if !want_stream {
+        if let Reply::Stream(s) = reply {
+            reply = stream::buffer(s).await;
+        }
+    }
     let took = sent.elapsed();
     rev.metrics.request(
-        if matches!(reply, Reply::Response(_)) {
+        if matches!(reply, Reply::Response(_) | Reply::Stream(_)) {
             200
         } else {
             500
@@ -432,9 +503,18 @@ async fn run_event(
     let tries = usize::from(rev.spec.event_retries) + 1;
     for attempt in 1..=tries {
         // Retries keep the event's request id, as Lambda's do.
-        let done = run(&daemon, &rev, id.clone(), payload.clone(), &meta, false).await;
+        let done = run(
+            &daemon,
+            &rev,
+            id.clone(),
+            payload.clone(),
+            &meta,
+            false,
+            false,
+        )
+        .await;
         let (why, response) = match done.reply {
-            Ok(Reply::Response(_)) => return,
+            Ok(Reply::Response(_)) | Ok(Reply::Stream(_)) => return,
             Ok(Reply::Error { body, .. }) => (String::from_utf8_lossy(&body).into_owned(), body),
             Err(e) => {
                 let why = match e {
@@ -515,11 +595,11 @@ async fn deliver(
         client_context: None,
         cognito_identity: None,
     };
-    match run(daemon, &rev, super::request_id(), body, &meta, false)
+    match run(daemon, &rev, super::request_id(), body, &meta, false, false)
         .await
         .reply
     {
-        Ok(Reply::Response(_)) => Ok(()),
+        Ok(Reply::Response(_)) | Ok(Reply::Stream(_)) => Ok(()),
         Ok(Reply::Error { body, .. }) => Err(String::from_utf8_lossy(&body).into_owned()),
         Err(_) => Err(format!("function {name} could not run")),
     }

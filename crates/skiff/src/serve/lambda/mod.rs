@@ -17,6 +17,7 @@ pub mod invoke;
 pub mod manage;
 pub mod runtime_api;
 pub mod sigv4;
+pub mod stream;
 pub mod url;
 
 use std::collections::HashMap;
@@ -46,6 +47,8 @@ pub enum Reply {
     /// `POST /runtime/invocation/{id}/error`, or the platform's own error
     /// (timeout, the runtime exiting): an AWS error payload.
     Error { kind: String, body: Bytes },
+    /// A response in streaming mode, still coming.
+    Stream(stream::Streamed),
 }
 
 /// One invocation on its way to a runtime client.

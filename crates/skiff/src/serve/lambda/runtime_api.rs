@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 
+use super::stream::{Failure, Streamed, MAX_STREAM};
 use super::{Hub, Refused, Reply, Slot, MAX_PAYLOAD};
 use crate::serve::{full, Body};
 
@@ -66,6 +67,10 @@ async fn handle(hub: &Hub, peer: SocketAddr, req: Request<Incoming>) -> Response
     let segs: Vec<&str> = rest.split('/').collect();
     match (req.method().clone(), segs.as_slice()) {
         (Method::GET, ["invocation", "next"]) => next(&slot).await,
+        (Method::POST, ["invocation", id, "response"]) if is_streaming(&req) => {
+            let id = id.to_string();
+            stream_response(&slot, &id, req).await
+        }
         (Method::POST, ["invocation", id, "response"]) => {
             let id = id.to_string();
             let body = match read(req).await {
@@ -109,6 +114,78 @@ async fn handle(hub: &Hub, peer: SocketAddr, req: Request<Incoming>) -> Response
             &format!("no such Runtime API call: {} {path}", req.method()),
         ),
     }
+}
+
+fn is_streaming(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get("lambda-runtime-function-response-mode")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"streaming"))
+}
+
+/// A streamed result: the caller gets the chunks as they arrive (the
+/// runtime waits while the caller is slow); an error in the trailers, or
+/// more than 20 MB, ends the stream with an error.
+async fn stream_response(slot: &Slot, id: &str, req: Request<Incoming>) -> Response<Body> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let streamed = Streamed {
+        content_type,
+        chunks: rx,
+    };
+    if let Err(r) = slot.answer(id, Reply::Stream(streamed)) {
+        return accepted(Err(r), slot, id);
+    }
+    let mut body = req.into_body();
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        let failure = match frame {
+            Err(e) => Some(Failure {
+                kind: "Runtime.StreamError".into(),
+                message: format!("the response stream broke off: {e}"),
+            }),
+            Ok(f) => match f.into_data() {
+                Ok(data) => {
+                    total += data.len();
+                    if total > MAX_STREAM {
+                        let f = Failure {
+                            kind: "Function.ResponseSizeTooLarge".into(),
+                            message: format!("Response payload size exceeded maximum allowed payload size ({MAX_STREAM} bytes)."),
+                        };
+                        let _ = tx.send(Err(f)).await;
+                        return error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "RequestEntityTooLarge",
+                            &format!("Exceeded maximum allowed payload size ({MAX_STREAM} bytes)."),
+                        );
+                    }
+                    // A caller that left is no reason to stop reading.
+                    let _ = tx.send(Ok(data)).await;
+                    None
+                }
+                Err(f) => f.into_trailers().ok().and_then(|t| {
+                    let kind = t.get("lambda-runtime-function-error-type")?.to_str().ok()?;
+                    let message = t
+                        .get("lambda-runtime-function-error-body")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(super::invoke::decode_base64)
+                        .unwrap_or_default();
+                    Some(Failure {
+                        kind: kind.to_string(),
+                        message,
+                    })
+                }),
+            },
+        };
+        if let Some(f) = failure {
+            let _ = tx.send(Err(f)).await;
+            break;
+        }
+    }
+    status_ok()
 }
 
 async fn next(slot: &Slot) -> Response<Body> {

@@ -15,6 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::invoke::{decode_base64_bytes, encode_base64, run, Meta};
+use super::stream::{read_prelude, ChunkBody, Streamed, HTTP_INTEGRATION};
 use super::{percent_decode, Reply, MAX_PAYLOAD};
 use crate::serve::instances::{Revision, Unavailable};
 use crate::serve::{full, json_error, Body, Daemon};
@@ -53,10 +54,12 @@ pub async fn handle(
         Bytes::from(event.to_string()),
         &meta,
         false,
+        true,
     )
     .await;
     let result = match done.reply {
         Ok(Reply::Response(b)) => b,
+        Ok(Reply::Stream(s)) => return streamed(s).await,
         Ok(Reply::Error { body, .. }) => {
             tracing::debug!(revision = %rev.name, "function error: {}", String::from_utf8_lossy(&body));
             return internal_error();
@@ -74,6 +77,61 @@ pub async fn handle(
         resp.headers_mut().insert("x-amzn-requestid", v);
     }
     resp
+}
+
+/// A streamed result: with the HTTP integration prelude, its status,
+/// headers and cookies, then the body as it comes; otherwise 200 and the
+/// bytes as they come.
+async fn streamed(mut s: Streamed) -> Response<Body> {
+    let (prelude, first) = if s.content_type.as_deref() == Some(HTTP_INTEGRATION) {
+        match read_prelude(&mut s).await {
+            Ok((p, first)) => (Some(p), first),
+            Err(f) => {
+                tracing::debug!("function stream: {}: {}", f.kind, f.message);
+                return internal_error();
+            }
+        }
+    } else {
+        (None, Bytes::new())
+    };
+    let content_type = s.content_type.clone();
+    let mut r = Response::new(ChunkBody::new(first, s).boxed());
+    let h = r.headers_mut();
+    match prelude {
+        Some(p) => {
+            if let Some(code) = p["statusCode"]
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                *r.status_mut() = code;
+            }
+            let h = r.headers_mut();
+            if let Some(Value::Object(headers)) = p.get("headers") {
+                for (k, v) in headers {
+                    if let (Ok(n), Some(Ok(v))) = (
+                        HeaderName::try_from(k.as_str()),
+                        v.as_str().map(HeaderValue::from_str),
+                    ) {
+                        h.append(n, v);
+                    }
+                }
+            }
+            if let Some(Value::Array(cookies)) = p.get("cookies") {
+                for c in cookies.iter().filter_map(Value::as_str) {
+                    if let Ok(v) = HeaderValue::from_str(c) {
+                        h.append(SET_COOKIE, v);
+                    }
+                }
+            }
+        }
+        None => {
+            if let Some(Ok(v)) = content_type.as_deref().map(HeaderValue::from_str) {
+                h.insert(CONTENT_TYPE, v);
+            }
+        }
+    }
+    r
 }
 
 fn internal_error() -> Response<Body> {
