@@ -213,7 +213,8 @@ async fn proxy(
     // A request without a body can go to another instance if the first
     // refuses the connection (it died, and its monitor has not said so yet).
     let replayable = body.is_end_stream();
-    let mut body = Some(Capped::new(body));
+    // (No body: nothing to cap or time, and an empty one to send.)
+    let mut body = (!replayable).then(|| Capped::new(body));
     let mut tries = 0;
     let (resp, lease) = loop {
         tries += 1;
@@ -558,7 +559,9 @@ impl hyper::body::Body for Leased {
 struct Capped<B> {
     inner: B,
     left: u64,
-    idle: Pin<Box<tokio::time::Sleep>>,
+    /// Armed when the body first keeps the proxy waiting (most bodies
+    /// arrive with their head and never need a timer).
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> Capped<B> {
@@ -566,7 +569,7 @@ impl<B> Capped<B> {
         Capped {
             inner,
             left: MAX_BODY,
-            idle: Box::pin(tokio::time::sleep(BODY_IDLE)),
+            idle: None,
         }
     }
 }
@@ -610,14 +613,18 @@ where
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {
-                return match self.idle.as_mut().poll(cx) {
+                let idle = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(BODY_IDLE)));
+                return match idle.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled.into()))),
                     Poll::Pending => Poll::Pending,
-                }
+                };
             }
         };
-        let again = tokio::time::Instant::now() + BODY_IDLE;
-        self.idle.as_mut().reset(again);
+        if let Some(idle) = self.idle.as_mut() {
+            idle.as_mut().reset(tokio::time::Instant::now() + BODY_IDLE);
+        }
         if let Some(data) = frame.data_ref() {
             let n = data.len() as u64;
             if n > self.left {

@@ -44,8 +44,9 @@ const LAMBDA_GRACE: Duration = Duration::from_secs(1);
 /// zero asks for dozens; started together on two cores, the first is
 /// ready only when all are).
 const PARALLEL_STARTS: usize = 4;
-/// How often readiness is probed.
-const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// How often readiness is probed (a refused connect costs microseconds;
+/// every millisecond of a cold start counts).
+const PROBE_EVERY: Duration = Duration::from_millis(1);
 const RUNTIME: &str = "crun";
 
 pub struct Instance {
