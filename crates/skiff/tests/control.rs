@@ -3,12 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Output;
-use std::time::Duration;
 
-use common::daemon::{get, Daemon};
+use common::daemon::{exchange, get, Daemon};
 use common::{free_port, Skiff};
 
 /// Status, head (lowercased) and body of one request to the control port.
@@ -19,8 +16,6 @@ fn request(
     auth: Option<&str>,
     body: &str,
 ) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to --control");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = auth
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
@@ -29,16 +24,8 @@ fn request(
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).expect("read the response");
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
+    let (status, head, body) = exchange(port, req.as_bytes());
+    (status, head.to_ascii_lowercase(), body)
 }
 
 fn error_of(body: &str) -> String {

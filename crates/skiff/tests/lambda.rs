@@ -8,46 +8,18 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::daemon::{instances, Daemon};
+use common::daemon::{header, instances, json, post, Daemon};
 use common::Skiff;
 
-/// `POST /2015-03-31/functions/{fun}/invocations` with extra headers;
-/// status, head and body.
+/// The Invoke API: `POST /2015-03-31/functions/{fun}/invocations`.
 fn invoke(gw: u16, fun: &str, headers: &[(&str, &str)], payload: &[u8]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", gw)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!(
-        "POST /2015-03-31/functions/{fun}/invocations HTTP/1.1\r\nHost: 127.0.0.1:{gw}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        payload.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let _ = s.write_all(req.as_bytes());
-    let _ = s.write_all(payload);
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let buf = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
-}
-
-/// A header's value (names compared without case).
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    post(
+        gw,
+        &format!("127.0.0.1:{gw}"),
+        &format!("/2015-03-31/functions/{fun}/invocations"),
+        headers,
+        payload,
+    )
 }
 
 #[test]
@@ -375,7 +347,14 @@ fn event_failures_reach_the_destination_after_retries() {
             let _ = tx.send(sink.accept());
         });
         rx.recv_timeout(Duration::from_secs(20))
-            .expect("no destination record within 20 s")
+            .unwrap_or_else(|_| {
+                let logs = s.run(&["logs", "flaky"]);
+                panic!(
+                    "no destination record within 20 s; the function's log:\n{}{}",
+                    String::from_utf8_lossy(&logs.stdout),
+                    String::from_utf8_lossy(&logs.stderr)
+                )
+            })
             .unwrap()
     };
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

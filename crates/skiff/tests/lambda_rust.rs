@@ -12,40 +12,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::daemon::{instances, Daemon};
+use common::daemon::{header, instances, json, post, Daemon};
 use common::{repo_root, Skiff};
-
-/// `POST PATH` on the gateway with a Host header; status, head, body.
-fn post(
-    gw: u16,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", gw)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let buf = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
-}
 
 /// The Invoke API: `POST /2015-03-31/functions/{fun}/invocations`.
 fn invoke(gw: u16, fun: &str, payload: &[u8]) -> (u16, String, String) {
@@ -56,18 +24,6 @@ fn invoke(gw: u16, fun: &str, payload: &[u8]) -> (u16, String, String) {
         &[],
         payload,
     )
-}
-
-/// A header's value (names compared without case).
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 fn base_cache() -> PathBuf {

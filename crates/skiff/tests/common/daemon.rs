@@ -80,21 +80,63 @@ impl Drop for Daemon {
     }
 }
 
-/// Status, head (lowercased) and body of a GET with a Host header.
-pub fn get(port: u16, host: &str, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).expect("read the response");
+/// Sends `request` (raw bytes, `Connection: close`) to `port` on
+/// 127.0.0.1; the status, the head as sent and the body. The server may
+/// answer (413, 431) before it has read everything.
+pub fn exchange(port: u16, request: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let buf = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
+    (status, head.to_string(), body.to_string())
+}
+
+/// Status, head (lowercased) and body of a GET with a Host header.
+pub fn get(port: u16, host: &str, path: &str) -> (u16, String, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let (status, head, body) = exchange(port, req.as_bytes());
+    (status, head.to_ascii_lowercase(), body)
+}
+
+/// `POST PATH` with a Host header, a JSON body and more headers.
+pub fn post(
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut raw = req.into_bytes();
+    raw.extend_from_slice(body);
+    exchange(port, &raw)
+}
+
+/// A header's value in a head (names compared without case).
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 pub fn instances(s: &Skiff, name: &str) -> usize {
