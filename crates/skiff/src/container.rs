@@ -161,15 +161,18 @@ pub fn prepare(
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let layers = ctx.store()?.layer_dirs(image)?;
+    let t0 = std::time::Instant::now();
     skiff_runtime::rootfs::mount_overlay(&layers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
-    tracing::debug!("rootfs mounted");
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
 
     let hostname = record.id[..12].to_string();
     let (network, ip) = match args.network.as_str() {
         "host" => (NetworkConfig::Host, None),
         "none" => (NetworkConfig::None, None),
         _ => {
+            let t0 = std::time::Instant::now();
             let att = Network::new().setup(&record.id, &ctx.netns_dir())?;
+            tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
             (NetworkConfig::Path(att.netns_path.clone()), Some(att.ip))
         }
     };

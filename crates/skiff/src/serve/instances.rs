@@ -764,6 +764,7 @@ async fn probe(addr: SocketAddr, path: Option<&str>) -> bool {
 type Created = (String, String, Ipv4Addr, Child, Option<Arc<Slot>>);
 
 fn create(root: &Path, rev: &Revision) -> Result<Created> {
+    let t0 = Instant::now();
     let ctx = Context::new(root.to_path_buf());
     let spec = &rev.spec;
     let image = crate::images::resolve_or_pull(&ctx, &spec.image)?;
@@ -833,7 +834,9 @@ fn create(root: &Path, rev: &Revision) -> Result<Created> {
         cpus: spec.cpus_milli,
         pids_limit: None,
     };
+    let recorded = t0.elapsed();
     let prepared = prepare(&ctx, &record, &image, &opts, env, Vec::new()).map_err(undo)?;
+    let bundled = t0.elapsed();
     let ip = prepared
         .ip
         .context("the bridge network gave the instance no address")
@@ -853,6 +856,14 @@ fn create(root: &Path, rev: &Revision) -> Result<Created> {
         }
         undo(e)
     })?;
+    // Where a cold start's time goes (SKIFF_LOG=debug).
+    tracing::debug!(
+        instance = %name,
+        recorded_us = recorded.as_micros() as u64,
+        bundled_us = bundled.as_micros() as u64,
+        running_us = t0.elapsed().as_micros() as u64,
+        "instance created"
+    );
     Ok((id, name, ip, child, slot))
 }
 
