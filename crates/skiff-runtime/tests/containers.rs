@@ -12,6 +12,20 @@ use skiff_runtime::oci::{ContainerIo, ContainerStatus};
 use skiff_runtime::{cgroups, rootfs};
 
 #[test]
+fn cgroup_moves_skip_the_rcu_wait() {
+    // Linux 6.0+ (this machine kind runs 6.x): the cgroup2 mount carries
+    // favordynmods after the host is prepared.
+    cgroups::prepare_host("crun").expect("prepare the host");
+    assert!(cgroups::favor_dynmods());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .expect("a cgroup2 mount");
+    assert!(line.contains("favordynmods"), "{line}");
+}
+
+#[test]
 fn echo_and_exit_codes_pass_through() {
     let f = Fixture::new("echo");
     let out = f.run(&f.config(&["echo", "hi"]));
