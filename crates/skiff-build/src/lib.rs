@@ -15,6 +15,21 @@
 //!   `--build-arg` values, returning the build [`Stage`]s with their
 //!   arguments expanded. `RUN`/`CMD`/`ENTRYPOINT` are left alone: the shell
 //!   (or nobody) expands those.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//!
+//! let text = "ARG PY=3.11\nFROM python:${PY}-slim\nWORKDIR /app\nCMD [\"python\", \"app.py\"]\n";
+//! let dockerfile = skiff_build::parse(text)?;
+//! let build_args = BTreeMap::from([("PY".to_string(), "3.12".to_string())]);
+//! let stages = skiff_build::resolve(&dockerfile, &build_args)?;
+//! assert_eq!(stages[0].base, "python:3.12-slim");
+//! assert_eq!(stages[0].steps[0].instruction.line, 3);
+//!
+//! let err = skiff_build::parse("FROM a\nRUNN x\n").unwrap_err();
+//! assert_eq!(err.to_string(), "Dockerfile:2: unknown instruction: RUNN");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod ast;
 mod error;

@@ -338,6 +338,13 @@ fn parse_flags(keyword: &'static str, words: Vec<String>, line: usize) -> Result
             }
             _ => {}
         }
+        // Only the list-valued flags may repeat, as in BuildKit.
+        let repeatable = matches!(name.as_str(), "mount" | "exclude");
+        if !repeatable && flags.iter().any(|f: &Flag| f.name == name) {
+            return Err(err(ParseErrorKind::Syntax(format!(
+                "duplicate flag specified: --{name}"
+            ))));
+        }
         flags.push(Flag { name, value });
     }
     Ok(flags)
@@ -679,6 +686,56 @@ mod tests {
         assert_eq!(
             df.instructions[1].command,
             Command::Cmd(CommandLine::Shell("[\"python\", app.py]".to_string()))
+        );
+    }
+
+    #[test]
+    fn directives_only_at_the_top() {
+        let df = parse("# unknown=x\n# escape=`\nFROM a\n").unwrap();
+        assert_eq!(df.directives.escape, '\\');
+        let df = parse("\n# escape=`\nFROM a\n").unwrap();
+        assert_eq!(df.directives.escape, '\\');
+        let df = parse("# Escape = `\n# syntax=x\nFROM a\n").unwrap();
+        assert_eq!(df.directives.escape, '`');
+        assert_eq!(df.directives.syntax.as_deref(), Some("x"));
+        let err = parse("# escape=`\n# escape=\\\nFROM a\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Dockerfile:2: only one escape parser directive can be used"
+        );
+    }
+
+    #[test]
+    fn crlf_and_bom() {
+        let df = parse("\u{feff}FROM a\r\nRUN x \\\r\n  y\r\n").unwrap();
+        assert_eq!(
+            df.instructions[1].command,
+            Command::Run(CommandLine::Shell("x   y".to_string()))
+        );
+    }
+
+    #[test]
+    fn repeatable_and_boolean_flags() {
+        let df = parse("FROM a\nRUN --mount=type=cache,target=/a --mount=type=secret,id=b x\nCOPY --link=false a b\n").unwrap();
+        assert_eq!(df.instructions[1].flags.len(), 2);
+        assert_eq!(df.instructions[2].flag("link"), Some("false"));
+        let err = parse("FROM a\nCOPY --link=maybe a b\n").unwrap_err();
+        assert!(err.to_string().contains("expecting boolean"), "{err}");
+        let err = parse("FROM a\nCMD --help\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Dockerfile:2: unknown flag for CMD: --help"
+        );
+    }
+
+    #[test]
+    fn heredoc_markers_only_for_run_copy_add() {
+        let df = parse("FROM a\nENV X=<<EOF\nRUN cat <<EOF\nbody\nEOF\n").unwrap();
+        assert!(df.instructions[1].heredocs.is_empty());
+        assert_eq!(df.instructions[2].heredocs[0].content, "body\n");
+        assert_eq!(
+            (df.instructions[2].line, df.instructions[2].end_line),
+            (3, 5)
         );
     }
 }
