@@ -1,0 +1,3 @@
+FROM alpine AS a
+RUN true
+FROM alpine AS A

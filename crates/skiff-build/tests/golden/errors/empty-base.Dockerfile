@@ -1,0 +1,2 @@
+ARG IMG
+FROM $IMG

@@ -1,0 +1,4 @@
+FROM alpine
+
+
+ENV JUSTNAME

@@ -1,0 +1,2 @@
+FROM alpine
+COPY --from=x --bogus a b

@@ -1,0 +1,7 @@
+FROM alpine
+RUN echo ok
+
+
+
+
+RUNN echo typo

@@ -1,0 +1,12 @@
+FROM alpine
+RUN true
+
+
+
+
+
+
+RUN <<EOF
+echo never
+ends
+still
