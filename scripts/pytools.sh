@@ -9,6 +9,11 @@ venv=${SKIFF_VENV:-/var/cache/skiff-venv}
 if [[ -x $venv/bin/aws && -x $venv/bin/python ]] && "$venv/bin/python" -c 'import boto3' 2>/dev/null; then
   exit 0
 fi
-python3 -m venv "$venv"
+if ! python3 -m venv "$venv" 2>/dev/null; then
+  # Debian's own python3 keeps venv in a package of its own.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+fi
 "$venv/bin/pip" install -q --disable-pip-version-check awscli boto3
 echo "pytools: $("$venv/bin/aws" --version 2>&1) in $venv"
