@@ -339,3 +339,72 @@ fn no_request_lost_to_a_rollout_and_only_in_flight_ones_to_a_crash() {
     assert!(lost <= 6, "{lost} failed: {:?}", samples.lock().unwrap());
     assert!(served > 10, "served {served}");
 }
+
+/// The autoscaler scales down while a lighter load goes on: the instances
+/// it stops are drained first, so no request fails. (Slow: the KPA's 60 s
+/// stable window must pass before it scales down.)
+#[test]
+fn no_request_lost_while_scaling_down_under_load() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let d = Daemon::start(&s);
+    let gw = d.gateway;
+    s.ok(&[
+        "deploy",
+        "ebb",
+        "--image",
+        img,
+        "--concurrency",
+        "1",
+        "--max",
+        "4",
+        "--idle-timeout",
+        "5m",
+    ]);
+    // Heavy: six clients until at least three instances are up.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failed, samples, threads) = load(gw, "ebb.localhost", 6, stop.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while instances(&s, "ebb") < 3 {
+        assert!(Instant::now() < deadline, "{}", s.ok(&["describe", "ebb"]));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    threads.into_iter().for_each(|t| {
+        t.join().unwrap();
+    });
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        samples.lock().unwrap()
+    );
+    let peak = instances(&s, "ebb");
+
+    // Light: one client, on and on, while the autoscaler brings the count
+    // down once its stable window has passed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failed, samples, threads) = load(gw, "ebb.localhost", 1, stop.clone());
+    let deadline = Instant::now() + Duration::from_secs(100);
+    while instances(&s, "ebb") >= peak {
+        assert!(
+            Instant::now() < deadline,
+            "no scale-down from {peak}: {}",
+            s.ok(&["describe", "ebb"])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Some more requests across the stops.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let served: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        samples.lock().unwrap()
+    );
+    assert!(served > 50, "served {served}");
+    assert!(instances(&s, "ebb") < peak);
+}
