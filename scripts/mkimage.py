@@ -265,6 +265,45 @@ def add_path(tar, arcname, path):
         tar.addfile(info, f)
 
 
+def write_archive(path, name, fmt, config_bytes, diff_id, blob_digest, blob_size, gzipped, add_blob):
+    """A one-layer image as a `docker save` or OCI-layout archive at `path`;
+    `add_blob(tar, arcname)` writes the layer blob (from memory or a file)."""
+    with tarfile.open(path, "w") as out:
+        if fmt == "docker":
+            layer_path = f"{diff_id[7:]}/layer.tar"
+            add_dir(out, diff_id[7:])
+            add_blob(out, layer_path)
+            add_file(out, f"{sha(config_bytes)[7:]}.json", config_bytes)
+            manifest = [{"Config": f"{sha(config_bytes)[7:]}.json", "RepoTags": [name], "Layers": [layer_path]}]
+            add_file(out, "manifest.json", json.dumps(manifest).encode())
+            return
+        media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gzipped else "")
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config_bytes), "size": len(config_bytes)},
+            "layers": [{"mediaType": media, "digest": blob_digest, "size": blob_size}],
+        }
+        manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": manifest["mediaType"],
+                "digest": sha(manifest_bytes),
+                "size": len(manifest_bytes),
+                "annotations": {"org.opencontainers.image.ref.name": name},
+            }],
+        }
+        add_file(out, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add_file(out, "index.json", json.dumps(index).encode())
+        add_dir(out, "blobs")
+        add_dir(out, "blobs/sha256")
+        add_file(out, f"blobs/sha256/{sha(config_bytes)[7:]}", config_bytes)
+        add_blob(out, f"blobs/sha256/{blob_digest[7:]}")
+        add_file(out, f"blobs/sha256/{sha(manifest_bytes)[7:]}", manifest_bytes)
+
+
 def rootfs_image(a):
     if not os.path.isdir(a.rootfs):
         sys.exit(f"mkimage: --rootfs {a.rootfs}: not a directory")
@@ -296,40 +335,8 @@ def rootfs_image(a):
             "history": [{"created": created, "created_by": f"skiff scripts/mkimage.py --rootfs {a.rootfs}"}],
         }
         config_bytes = json.dumps(image, separators=(",", ":")).encode()
-        with tarfile.open(a.out, "w") as out:
-            if a.format == "docker":
-                layer_path = f"{diff_id[7:]}/layer.tar"
-                add_dir(out, diff_id[7:])
-                add_path(out, layer_path, layer_tmp)
-                add_file(out, f"{sha(config_bytes)[7:]}.json", config_bytes)
-                manifest = [{"Config": f"{sha(config_bytes)[7:]}.json", "RepoTags": [a.name], "Layers": [layer_path]}]
-                add_file(out, "manifest.json", json.dumps(manifest).encode())
-            else:
-                media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if a.gzip else "")
-                manifest = {
-                    "schemaVersion": 2,
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config_bytes), "size": len(config_bytes)},
-                    "layers": [{"mediaType": media, "digest": blob_digest, "size": blob_size}],
-                }
-                manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
-                index = {
-                    "schemaVersion": 2,
-                    "mediaType": "application/vnd.oci.image.index.v1+json",
-                    "manifests": [{
-                        "mediaType": manifest["mediaType"],
-                        "digest": sha(manifest_bytes),
-                        "size": len(manifest_bytes),
-                        "annotations": {"org.opencontainers.image.ref.name": a.name},
-                    }],
-                }
-                add_file(out, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-                add_file(out, "index.json", json.dumps(index).encode())
-                add_dir(out, "blobs")
-                add_dir(out, "blobs/sha256")
-                add_file(out, f"blobs/sha256/{sha(config_bytes)[7:]}", config_bytes)
-                add_path(out, f"blobs/sha256/{blob_digest[7:]}", layer_tmp)
-                add_file(out, f"blobs/sha256/{sha(manifest_bytes)[7:]}", manifest_bytes)
+        write_archive(a.out, a.name, a.format, config_bytes, diff_id, blob_digest, blob_size, a.gzip,
+                      lambda tar, arcname: add_path(tar, arcname, layer_tmp))
     finally:
         if os.path.exists(layer_tmp):
             os.remove(layer_tmp)
@@ -359,12 +366,7 @@ def layered_image(a):
             dest = dest.strip("/")
             if not dest:
                 sys.exit(f"mkimage: --add {spec}: expected SRC:DEST")
-            parts = dest.split("/")
-            for i in range(1, len(parts)):
-                d = "/".join(parts[:i])
-                if d not in made:
-                    made.add(d)
-                    add_dir(tar, d)
+            add_parents(tar, dest, made)
             with open(src, "rb") as f:
                 add_file(tar, dest, f.read(), os.stat(src).st_mode & 0o777)
     layer = buf.getvalue()
@@ -427,40 +429,8 @@ def main():
     }
     config_bytes = json.dumps(config, separators=(",", ":")).encode()
 
-    with tarfile.open(a.out, "w") as out:
-        if a.format == "docker":
-            layer_path = f"{diff_id[7:]}/layer.tar"
-            add_dir(out, diff_id[7:])
-            add_file(out, layer_path, blob)
-            add_file(out, f"{sha(config_bytes)[7:]}.json", config_bytes)
-            manifest = [{"Config": f"{sha(config_bytes)[7:]}.json", "RepoTags": [a.name], "Layers": [layer_path]}]
-            add_file(out, "manifest.json", json.dumps(manifest).encode())
-        else:
-            media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if a.gzip else "")
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config_bytes), "size": len(config_bytes)},
-                "layers": [{"mediaType": media, "digest": sha(blob), "size": len(blob)}],
-            }
-            manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
-            index = {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "manifests": [{
-                    "mediaType": manifest["mediaType"],
-                    "digest": sha(manifest_bytes),
-                    "size": len(manifest_bytes),
-                    "annotations": {"org.opencontainers.image.ref.name": a.name},
-                }],
-            }
-            add_file(out, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-            add_file(out, "index.json", json.dumps(index).encode())
-            add_dir(out, "blobs")
-            add_dir(out, "blobs/sha256")
-            for data in (config_bytes, blob, manifest_bytes):
-                add_file(out, f"blobs/sha256/{sha(data)[7:]}", data)
-
+    write_archive(a.out, a.name, a.format, config_bytes, diff_id, sha(blob), len(blob), a.gzip,
+                  lambda tar, arcname: add_file(tar, arcname, blob))
 
 if __name__ == "__main__":
     main()
