@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::daemon::Daemon;
-use common::{repo_root, Skiff};
+use common::{base_image, load_layered, Skiff};
 
 const VENV: &str = "/var/cache/skiff-venv";
 
@@ -58,20 +58,7 @@ fn prerequisites() -> (PathBuf, PathBuf) {
         aws.is_file() && python.is_file(),
         "{VENV} with awscli and boto3 is missing: run scripts/pytools.sh (scripts/test.sh does)"
     );
-    let status = Command::new("bash")
-        .arg(repo_root().join("scripts/base-images.sh"))
-        .arg("lambda")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("bash");
-    assert!(status.success(), "scripts/base-images.sh lambda failed");
     (aws, python)
-}
-
-fn base_cache() -> PathBuf {
-    std::env::var_os("SKIFF_BASE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/skiff-base"))
 }
 
 /// `aws lambda ARGS...` against the gateway; stdout, or the failure.
@@ -107,25 +94,13 @@ fn aws_cli_and_boto3_run_an_awslambdaric_function() {
     let work = tempfile::tempdir().unwrap();
     let app = work.path().join("app.py");
     std::fs::write(&app, APP).unwrap();
-    let image = work.path().join("pyfn.tar");
-    let made = Command::new("python3")
-        .arg(repo_root().join("scripts/mkimage.py"))
-        .args([
-            "--name",
-            "localhost/pyfn:latest",
-            "--format",
-            "docker",
-            "--base",
-        ])
-        .arg(base_cache().join("lambda-python-3.11.tar"))
-        .arg("--add")
-        .arg(format!("{}:/var/task/app.py", app.display()))
-        .args(["--cmd", r#"["app.handler"]"#])
-        .arg(&image)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    s.ok(&["load", "-q", "-i", image.to_str().unwrap()]);
+    load_layered(
+        &s,
+        "localhost/pyfn:latest",
+        &base_image("lambda"),
+        &[(&app, "/var/task/app.py")],
+        r#"["app.handler"]"#,
+    );
     let d = Daemon::start(&s);
     let gw = d.gateway;
     let a = |args: &[&str]| aws(&aws_bin, gw, args);

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::daemon::{header, instances, json, post, Daemon};
-use common::{repo_root, Skiff};
+use common::{base_image, load_layered, repo_root, Skiff};
 
 /// The Invoke API: `POST /2015-03-31/functions/{fun}/invocations`.
 fn invoke(gw: u16, fun: &str, payload: &[u8]) -> (u16, String, String) {
@@ -24,12 +24,6 @@ fn invoke(gw: u16, fun: &str, payload: &[u8]) -> (u16, String, String) {
         &[],
         payload,
     )
-}
-
-fn base_cache() -> PathBuf {
-    std::env::var_os("SKIFF_BASE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/skiff-base"))
 }
 
 /// Builds the fixture (release, its own Cargo.lock) and returns `bootstrap`.
@@ -54,34 +48,16 @@ fn build_fixture() -> PathBuf {
 }
 
 /// `localhost/rustfn:latest`: the debian base plus `/var/runtime/bootstrap`.
-fn make_image(s: &Skiff, work: &std::path::Path) {
-    let status = Command::new("bash")
-        .arg(repo_root().join("scripts/base-images.sh"))
-        .arg("debian")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("bash");
-    assert!(status.success(), "scripts/base-images.sh debian failed");
+fn make_image(s: &Skiff) {
+    let base = base_image("debian");
     let bootstrap = build_fixture();
-    let image = work.join("rustfn.tar");
-    let made = Command::new("python3")
-        .arg(repo_root().join("scripts/mkimage.py"))
-        .args([
-            "--name",
-            "localhost/rustfn:latest",
-            "--format",
-            "docker",
-            "--base",
-        ])
-        .arg(base_cache().join("debian-bookworm-slim.tar"))
-        .arg("--add")
-        .arg(format!("{}:/var/runtime/bootstrap", bootstrap.display()))
-        .args(["--cmd", r#"["/var/runtime/bootstrap"]"#])
-        .arg(&image)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkimage.py failed");
-    s.ok(&["load", "-q", "-i", image.to_str().unwrap()]);
+    load_layered(
+        s,
+        "localhost/rustfn:latest",
+        &base,
+        &[(&bootstrap, "/var/runtime/bootstrap")],
+        r#"["/var/runtime/bootstrap"]"#,
+    );
 }
 
 const BOTO_STREAM: &str = r#"import sys, boto3
@@ -106,8 +82,7 @@ print("stream ok")
 #[test]
 fn a_lambda_runtime_function_in_lambda_and_http_mode() {
     let s = Skiff::new();
-    let work = tempfile::tempdir().unwrap();
-    make_image(&s, work.path());
+    make_image(&s);
     let d = Daemon::start(&s);
     let gw = d.gateway;
     s.ok(&[

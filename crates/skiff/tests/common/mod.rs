@@ -236,3 +236,53 @@ pub fn http_get(port: u16, path: &str, tries: u32) -> Option<String> {
     }
     None
 }
+
+/// The archive of one offline base image (`debian`, `python` or `lambda`),
+/// made by scripts/base-images.sh if missing (cached outside the clone).
+pub fn base_image(which: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/base-images.sh"))
+        .arg(which)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "scripts/base-images.sh {which} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let archive = stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(_, path)| PathBuf::from(path))
+        .next_back()
+        .unwrap_or_else(|| panic!("base-images.sh {which} printed no archive"));
+    assert!(archive.is_file(), "{} is missing", archive.display());
+    archive
+}
+
+/// Loads `name`: the `base` archive plus one layer holding each `(host
+/// file, image path)` of `adds`, with `cmd` (JSON) as its Cmd
+/// (scripts/mkimage.py --base/--add).
+pub fn load_layered(s: &Skiff, name: &str, base: &Path, adds: &[(&Path, &str)], cmd: &str) {
+    let out = tempfile::tempdir().expect("tempdir");
+    let archive = out.path().join("image.tar");
+    let mut mk = Command::new("python3");
+    mk.arg(repo_root().join("scripts/mkimage.py"))
+        .args(["--name", name, "--format", "docker", "--base"])
+        .arg(base);
+    for (src, dest) in adds {
+        mk.arg("--add").arg(format!("{}:{dest}", src.display()));
+    }
+    let made = mk
+        .args(["--cmd", cmd])
+        .arg(&archive)
+        .status()
+        .expect("python3");
+    assert!(
+        made.success(),
+        "mkimage.py --base {} failed",
+        base.display()
+    );
+    s.ok(&["load", "-q", "-i", archive.to_str().unwrap()]);
+}
