@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 
 use super::instances::{Lease, Revision, Unavailable};
 use super::lambda;
-use super::{json_error, Body, BoxError, Daemon};
+use super::{json_error, set_header, Body, BoxError, Daemon};
 use skiff_core::Mode;
 
 type Fut = Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
@@ -202,13 +202,13 @@ async fn proxy(
         Some(prev) => format!("{prev}, {peer_ip}"),
         None => peer_ip,
     };
-    set(h, "x-forwarded-for", &xff);
-    set(h, "x-forwarded-proto", "http");
+    set_header(h, "x-forwarded-for", &xff);
+    set_header(h, "x-forwarded-proto", "http");
     if let Some(host) = &host {
-        set(h, "x-forwarded-host", host);
+        set_header(h, "x-forwarded-host", host);
     }
     if let Some((prefix, _)) = &route.stripped {
-        set(h, "x-forwarded-prefix", prefix);
+        set_header(h, "x-forwarded-prefix", prefix);
     }
     // A request without a body can go to another instance if the first
     // refuses the connection (it died, and its monitor has not said so yet).
@@ -306,10 +306,10 @@ async fn proxy(
     let upgraded_to = parts.headers.get(UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
-    set(h, "x-skiff-revision", &lease.rev_name().to_string());
+    set_header(h, "x-skiff-revision", &lease.rev_name().to_string());
     h.insert(REQUEST_ID, request_id);
     if let Some(cold) = lease.cold {
-        set(h, "x-skiff-cold-start", &cold.as_millis().to_string());
+        set_header(h, "x-skiff-cold-start", &cold.as_millis().to_string());
     }
     let code = parts.status.as_u16();
     if let Some(upstream_side) = upstream_side {
@@ -479,12 +479,6 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
         src = s.source();
     }
     false
-}
-
-fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(HeaderName::from_static(name), v);
-    }
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).

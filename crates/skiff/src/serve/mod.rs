@@ -568,6 +568,19 @@ fn render_metrics(revs: &[Arc<Revision>], unrouted: &BTreeMap<u16, u64>) -> Stri
     metrics::render(&views, unrouted)
 }
 
+/// A header's value, if it is text.
+pub(crate) fn header_str<'a>(h: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Sets a header; a value that cannot be one (a control character from a
+/// client or a function) is left out rather than failing the response.
+pub(crate) fn set_header(h: &mut hyper::HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
 /// Why a body could not be read whole.
 pub(crate) enum ReadError {
     /// More than the limit came.

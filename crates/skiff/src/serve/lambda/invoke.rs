@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt as _;
 use hyper::body::Bytes;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use skiff_core::Mode;
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{percent_decode, stream, Invocation, Reply, MAX_EVENT_PAYLOAD, MAX_PAYLOAD};
 use crate::context::Context;
 use crate::serve::instances::{Revision, Unavailable};
-use crate::serve::{full, read_body, Body, Daemon, ReadError};
+use crate::serve::{full, header_str, read_body, set_header, Body, Daemon, ReadError};
 
 /// Where a retried Event invocation waits before its second and third
 /// attempts (Lambda waits a minute, then two; a local platform need not
@@ -127,7 +127,7 @@ pub async fn invoke(
             ),
         );
     }
-    let kind = header(req.headers(), "x-amz-invocation-type").unwrap_or("RequestResponse");
+    let kind = header_str(req.headers(), "x-amz-invocation-type").unwrap_or("RequestResponse");
     let limit = match kind {
         "RequestResponse" | "DryRun" => MAX_PAYLOAD,
         "Event" => MAX_EVENT_PAYLOAD,
@@ -145,14 +145,14 @@ pub async fn invoke(
         }
     };
     let kind = kind.to_string();
-    let tail = header(req.headers(), "x-amz-log-type") == Some("Tail");
+    let tail = header_str(req.headers(), "x-amz-log-type") == Some("Tail");
     let meta = Meta {
         function_arn: match &qualifier {
             Some(q) => format!("{arn}:{q}"),
             None => arn.clone(),
         },
-        trace_id: header(req.headers(), "x-amzn-trace-id").map(str::to_string),
-        client_context: header(req.headers(), "x-amz-client-context").and_then(decode_base64),
+        trace_id: header_str(req.headers(), "x-amzn-trace-id").map(str::to_string),
+        client_context: header_str(req.headers(), "x-amz-client-context").and_then(decode_base64),
         cognito_identity: None,
     };
     let payload = match read_body(req.into_body(), limit).await {
@@ -208,7 +208,7 @@ pub async fn invoke(
             tokio::spawn(async move { run_event(d, r, payload, meta, event_id).await });
             let mut resp = Response::new(full(Bytes::new()));
             *resp.status_mut() = StatusCode::ACCEPTED;
-            set(resp.headers_mut(), "x-amzn-requestid", &id);
+            set_header(resp.headers_mut(), "x-amzn-requestid", &id);
             (Some(rev), resp)
         }
         _ => {
@@ -252,8 +252,8 @@ impl Done {
             CONTENT_TYPE,
             HeaderValue::from_static("application/vnd.amazon.eventstream"),
         );
-        set(h, "x-amzn-requestid", &self.id);
-        set(h, "x-amz-executed-version", version);
+        set_header(h, "x-amzn-requestid", &self.id);
+        set_header(h, "x-amz-executed-version", version);
         r
     }
 
@@ -297,17 +297,17 @@ impl Done {
         let mut r = Response::new(full(body));
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        set(h, "x-amzn-requestid", &self.id);
-        set(h, "x-amz-executed-version", version);
+        set_header(h, "x-amzn-requestid", &self.id);
+        set_header(h, "x-amz-executed-version", version);
         if function_error.is_some() {
             // Lambda says `Unhandled` for whatever the runtime reported
             // (`Handled` was only ever the old Node.js callback's).
-            set(h, "x-amz-function-error", "Unhandled");
+            set_header(h, "x-amz-function-error", "Unhandled");
         }
         if tail {
             let log = self.log.unwrap_or_default();
             let log = log.as_bytes();
-            set(
+            set_header(
                 h,
                 "x-amz-log-result",
                 &encode_base64(&log[log.len().saturating_sub(TAIL)..]),
@@ -645,16 +645,6 @@ fn split_function_name(s: &str) -> Option<(String, Option<String>)> {
     (!name.is_empty()).then(|| (name.to_string(), q))
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(name, v);
-    }
-}
-
 /// An error as AWS's REST-JSON services send it.
 pub fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response<Body> {
     let body = json!({ "Type": "User", "message": message, "__type": kind });
@@ -662,7 +652,7 @@ pub fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response<Body
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    set(h, "x-amzn-errortype", kind);
+    set_header(h, "x-amzn-errortype", kind);
     r
 }
 

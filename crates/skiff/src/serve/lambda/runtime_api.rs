@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::stream::{Failure, Streamed, MAX_STREAM};
 use super::{Hub, Refused, Reply, Slot, MAX_PAYLOAD};
-use crate::serve::{full, Body};
+use crate::serve::{full, set_header, Body};
 
 /// Serves the Runtime API until the listener fails for good.
 pub async fn serve(listener: tokio::net::TcpListener, hub: Arc<Hub>) {
@@ -198,11 +198,7 @@ async fn next(slot: &Slot) -> Response<Body> {
     };
     let mut r = Response::new(full(inv.payload));
     let h = r.headers_mut();
-    let mut set = |k: &'static str, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(k, v);
-        }
-    };
+    let mut set = |k: &'static str, v: &str| set_header(h, k, v);
     set("lambda-runtime-aws-request-id", &inv.id);
     set("lambda-runtime-deadline-ms", &inv.deadline_ms.to_string());
     set("lambda-runtime-invoked-function-arn", &inv.function_arn);

@@ -147,7 +147,7 @@ impl Credentials {
                 "The security token included in the request is invalid.",
             )
         })?;
-        let amz_date = header(headers, "x-amz-date").ok_or_else(|| {
+        let amz_date = crate::serve::header_str(headers, "x-amz-date").ok_or_else(|| {
             refuse(
                 "IncompleteSignatureException",
                 "the request has no X-Amz-Date",
@@ -203,10 +203,6 @@ impl Credentials {
         }
         Ok(())
     }
-}
-
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {

@@ -18,7 +18,7 @@ use super::invoke::{decode_base64_bytes, encode_base64, run, Meta};
 use super::stream::{read_prelude, ChunkBody, Streamed, HTTP_INTEGRATION};
 use super::{percent_decode, Reply, MAX_PAYLOAD};
 use crate::serve::instances::{Revision, Unavailable};
-use crate::serve::{full, json_error, Body, Daemon};
+use crate::serve::{full, json_error, set_header, Body, Daemon};
 
 /// The request as an event, run on `rev`, the result as a response.
 pub async fn handle(
@@ -70,12 +70,12 @@ pub async fn handle(
         Err(Unavailable::Retired) | Err(Unavailable::StartFailed(_)) => return internal_error(),
     };
     let mut resp = response(&result).unwrap_or_else(internal_error);
-    if let Ok(v) = HeaderValue::from_str(&rev.name.to_string()) {
-        resp.headers_mut().insert("x-skiff-revision", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&done.id) {
-        resp.headers_mut().insert("x-amzn-requestid", v);
-    }
+    set_header(
+        resp.headers_mut(),
+        "x-skiff-revision",
+        &rev.name.to_string(),
+    );
+    set_header(resp.headers_mut(), "x-amzn-requestid", &done.id);
     resp
 }
 
