@@ -352,10 +352,14 @@ pub async fn run(
             log: None,
         };
     };
-    let log_path = Context::new(daemon.root.to_path_buf())
-        .service_logs_dir(rev.name.service())
-        .join(format!("{}.log", lease.instance.name));
-    let log_from = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+    // Only a caller that wants the log tail pays for finding it.
+    let log_start = want_log.then(|| {
+        let path = Context::new(daemon.root.to_path_buf())
+            .service_logs_dir(rev.name.service())
+            .join(format!("{}.log", lease.instance.name));
+        let from = std::fs::metadata(&path).map_or(0, |m| m.len());
+        (path, from)
+    });
     let timeout = rev.spec.timeout;
     let deadline_ms = skiff_state::now_ms().max(0) as u64 + timeout.as_millis() as u64;
     let (tx, rx) = oneshot::channel();
@@ -454,7 +458,7 @@ pub async fn run(
         },
         began.elapsed(),
     );
-    let log = if want_log {
+    let log = if let Some((log_path, log_from)) = log_start {
         // The monitor writes what the runtime printed a moment after it
         // printed it: give it that moment.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -464,7 +468,7 @@ pub async fn run(
         text.push_str(&format!(
             "END RequestId: {id}\nREPORT RequestId: {id}\tDuration: {ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\t\n",
             ms.ceil() as u64,
-            rev.spec.memory.unwrap_or(128 << 20) >> 20,
+            rev.spec.memory.unwrap_or(super::DEFAULT_MEMORY) >> 20,
         ));
         Some(text)
     } else {
@@ -668,9 +672,7 @@ pub fn decode_base64_bytes(s: &str) -> Option<Vec<u8>> {
 
 /// A base64 header carrying text (the client context); `None` if it is not.
 pub fn decode_base64(s: &str) -> Option<String> {
-    use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
-    String::from_utf8(raw).ok()
+    String::from_utf8(decode_base64_bytes(s)?).ok()
 }
 
 #[cfg(test)]
