@@ -96,7 +96,6 @@ async fn streamed(mut s: Streamed) -> Response<Body> {
     };
     let content_type = s.content_type.clone();
     let mut r = Response::new(ChunkBody::new(first, s).boxed());
-    let h = r.headers_mut();
     match prelude {
         Some(p) => {
             if let Some(code) = p["statusCode"]
@@ -106,28 +105,13 @@ async fn streamed(mut s: Streamed) -> Response<Body> {
             {
                 *r.status_mut() = code;
             }
-            let h = r.headers_mut();
-            if let Some(Value::Object(headers)) = p.get("headers") {
-                for (k, v) in headers {
-                    if let (Ok(n), Some(Ok(v))) = (
-                        HeaderName::try_from(k.as_str()),
-                        v.as_str().map(HeaderValue::from_str),
-                    ) {
-                        h.append(n, v);
-                    }
-                }
-            }
-            if let Some(Value::Array(cookies)) = p.get("cookies") {
-                for c in cookies.iter().filter_map(Value::as_str) {
-                    if let Ok(v) = HeaderValue::from_str(c) {
-                        h.append(SET_COOKIE, v);
-                    }
-                }
+            if let Some(p) = p.as_object() {
+                add_headers_and_cookies(p, r.headers_mut());
             }
         }
         None => {
             if let Some(Ok(v)) = content_type.as_deref().map(HeaderValue::from_str) {
-                h.insert(CONTENT_TYPE, v);
+                r.headers_mut().insert(CONTENT_TYPE, v);
             }
         }
     }
@@ -267,6 +251,17 @@ fn response(result: &[u8]) -> Option<Response<Body>> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
+    add_headers_and_cookies(o, h);
+    if !h.contains_key(CONTENT_TYPE) {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    Some(r)
+}
+
+/// A function's `headers` (values as text, numbers written out) and
+/// `cookies` (each a Set-Cookie), from a result or a stream's prelude;
+/// what is not a valid header is left out.
+fn add_headers_and_cookies(o: &Map<String, Value>, h: &mut hyper::HeaderMap) {
     if let Some(Value::Object(headers)) = o.get("headers") {
         for (k, v) in headers {
             let text = match v {
@@ -288,10 +283,6 @@ fn response(result: &[u8]) -> Option<Response<Body>> {
             }
         }
     }
-    if !h.contains_key(CONTENT_TYPE) {
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    }
-    Some(r)
 }
 
 fn is_text(content_type: &str) -> bool {
