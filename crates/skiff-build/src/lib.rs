@@ -32,7 +32,9 @@
 //! ```
 
 mod ast;
+pub mod context;
 mod error;
+pub mod layer;
 mod lex;
 mod parser;
 mod resolve;

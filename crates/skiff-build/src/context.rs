@@ -1,0 +1,1 @@
+//! The build context: .dockerignore, COPY/ADD source expansion, content digests (being written).

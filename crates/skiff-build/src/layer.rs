@@ -1,0 +1,1 @@
+//! Layer tars from overlayfs upper directories (being written).
