@@ -32,18 +32,25 @@
 //! ```
 
 mod ast;
+mod builder;
+mod config;
 pub mod context;
+mod copy;
 mod error;
 pub mod layer;
 mod lex;
 mod parser;
 mod resolve;
+mod run;
 
 pub use ast::{
     Command, CommandLine, Directives, Dockerfile, Flag, Healthcheck, HealthcheckOptions, Heredoc,
     Instruction, KeyValue,
 };
+pub use builder::{BuildFailure, BuildHost, BuildOptions, Builder, Built};
+pub use config::ImageConfig;
 pub use error::{BuildError, ExpandError, ParseError, ParseErrorKind};
 pub use lex::{expand, expand_with_escape, Lookup};
 pub use parser::parse;
 pub use resolve::{resolve, resolve_with_base_env, Stage, Step};
+pub use run::RunNetwork;

@@ -3,6 +3,7 @@
 pub mod digest;
 pub mod reference;
 pub mod service;
+pub mod time;
 pub mod units;
 
 pub use digest::{Digest, DigestError, DigestReader, DigestWriter};

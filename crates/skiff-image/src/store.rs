@@ -959,15 +959,39 @@ impl Store {
     /// the manifest; overlayfs wants them reversed in `lowerdir=`). Each layer
     /// is unpacked once, keyed by diff_id, and shared between images.
     pub fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, StoreError> {
-        let mut dirs = Vec::with_capacity(image.layers.len());
-        for layer in &image.layers {
-            let dir = self.root.join("layers").join(layer.diff_id.hex());
-            if !dir.is_dir() {
-                self.unpack(layer, &dir)?;
-            }
-            dirs.push(dir);
+        image.layers.iter().map(|l| self.layer_dir(l)).collect()
+    }
+
+    /// The unpacked directory of one layer, unpacking its blob first if needed.
+    pub fn layer_dir(&self, layer: &Layer) -> Result<PathBuf, StoreError> {
+        let dir = self.layers_dir().join(layer.diff_id.hex());
+        if !dir.is_dir() {
+            self.unpack(layer, &dir)?;
         }
-        Ok(dirs)
+        Ok(dir)
+    }
+
+    /// Publishes `dir`, an overlayfs-format directory whose tar form hashes
+    /// to `diff_id` (a build step's upper directory), as that layer's
+    /// unpacked directory, so it is never unpacked from its blob again.
+    /// `dir` must be on the store's filesystem; it is moved, or dropped
+    /// when the layer is already there.
+    pub fn adopt_layer_dir(&self, diff_id: &Digest, dir: &Path) -> Result<PathBuf, StoreError> {
+        let target = self.layers_dir().join(diff_id.hex());
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let fd = File::open(dir).map_err(io_err("opening", dir))?;
+        nix::unistd::syncfs(&fd).map_err(|e| io_err("syncing", dir)(errno(e)))?;
+        match fs::rename(dir, &target) {
+            Ok(()) => sync_dir(&self.layers_dir()).map(|()| target),
+            Err(_) if target.is_dir() => Ok(target),
+            Err(e) => Err(io_err("renaming a built layer to", &target)(e)),
+        }
+    }
+
+    fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
     }
 
     fn unpack(&self, layer: &Layer, dir: &Path) -> Result<(), StoreError> {

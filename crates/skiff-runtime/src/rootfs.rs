@@ -48,6 +48,18 @@ pub fn mount_overlay(
     work: &Path,
     target: &Path,
 ) -> Result<(), RootfsError> {
+    mount_overlay_with(lowers, upper, work, target, "")
+}
+
+/// [`mount_overlay`] with extra mount options (`opt=value,...`), e.g. the
+/// builder's `redirect_dir=off` so that its upper directory is a plain diff.
+pub fn mount_overlay_with(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    extra: &str,
+) -> Result<(), RootfsError> {
     if lowers.is_empty() {
         return Err(RootfsError::NoLayers(target.to_path_buf()));
     }
@@ -63,7 +75,10 @@ pub fn mount_overlay(
             source,
         })?;
     }
-    let tail = format!(",upperdir={},workdir={}", upper.display(), work.display());
+    let mut tail = format!(",upperdir={},workdir={}", upper.display(), work.display());
+    if !extra.is_empty() {
+        tail = format!("{tail},{extra}");
+    }
     // overlayfs lists the top layer first.
     let plain: Vec<String> = lowers
         .iter()

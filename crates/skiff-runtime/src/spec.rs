@@ -639,6 +639,47 @@ fn resolve_user(rootfs: &Path, spec: Option<&str>) -> Result<ExecUser, SpecError
     Ok(user)
 }
 
+/// The owner `COPY --chown=USER[:GROUP]` gives files, with names looked up
+/// in the image at `rootfs`. Docker's rule: without a group the gid is the
+/// same number as the uid (not the user's primary group).
+pub fn chown_ids(rootfs: &Path, spec: &str) -> Result<(u32, u32), SpecError> {
+    let (user_part, group_part) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    if user_part.is_empty() || group_part == Some("") {
+        return Err(SpecError::InvalidUser(spec.to_string()));
+    }
+    let uid = match user_part.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => {
+            let passwd = read_image_file(rootfs, "/etc/passwd")?;
+            let found = passwd
+                .lines()
+                .filter_map(parse_passwd_line)
+                .find(|e| e.name == user_part)
+                .map(|e| e.uid);
+            found.ok_or_else(|| SpecError::UnknownUser(user_part.to_string()))?
+        }
+    };
+    let gid = match group_part {
+        None => uid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let group = read_image_file(rootfs, "/etc/group")?;
+                let found = group
+                    .lines()
+                    .filter_map(parse_group_line)
+                    .find(|e| e.name == g)
+                    .map(|e| e.gid);
+                found.ok_or_else(|| SpecError::UnknownGroup(g.to_string()))?
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
 /// Largest /etc/passwd or /etc/group we read from an image.
 const MAX_IMAGE_FILE: u64 = 4 << 20;
 

@@ -126,6 +126,8 @@ pub enum Command {
     },
     /// Give an image another name.
     Tag { source: String, target: String },
+    /// Build an image from a Dockerfile (no Docker engine needed).
+    Build(Box<BuildArgs>),
     /// Store credentials for a registry.
     Login {
         registry: String,
@@ -209,6 +211,39 @@ pub enum Command {
 }
 
 #[derive(Args, Clone)]
+pub struct BuildArgs {
+    /// Name the image (repeatable), e.g. app:v1.
+    #[arg(short, long = "tag", value_name = "NAME", required = true)]
+    pub tag: Vec<String>,
+    /// The Dockerfile (default CONTEXT/Dockerfile).
+    #[arg(short, long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A build argument, K=V (or K to take it from this environment).
+    #[arg(long, value_name = "K=V")]
+    pub build_arg: Vec<String>,
+    /// Build up to this stage (default: the last).
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Run every step, ignoring the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// The network RUN steps get: host (default, reaches package registries) or none.
+    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
+    pub network: String,
+    /// Also write the image as an archive: oci:FILE or docker:FILE.
+    #[arg(long, value_name = "TYPE:FILE")]
+    pub output: Option<String>,
+    /// No progress or step output; only the image id.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The OCI runtime for RUN steps.
+    #[arg(long, env = "SKIFF_RUNTIME", default_value = "crun")]
+    pub runtime: String,
+    /// The build context directory.
+    pub context: PathBuf,
+}
+
+#[derive(Args, Clone)]
 pub struct RunArgs {
     /// Remove the container when it exits.
     #[arg(long)]
@@ -266,8 +301,11 @@ pub struct RunArgs {
 pub struct DeployArgs {
     pub name: String,
     /// The image (pulled now if it is not here).
-    #[arg(long)]
-    pub image: String,
+    #[arg(long, required_unless_present = "source", conflicts_with = "source")]
+    pub image: Option<String>,
+    /// Build DIR's Dockerfile and deploy the result (as `gcloud run deploy --source`).
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
     /// The port the container listens on; it gets it as $PORT (default 8080).
     #[arg(long)]
     pub port: Option<u16>,
@@ -357,6 +395,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             images,
         } => crate::images::save(&ctx, &output, &format, &images).map(|_| 0),
         Command::Tag { source, target } => crate::images::tag(&ctx, &source, &target).map(|_| 0),
+        Command::Build(args) => crate::build::build(&ctx, *args),
         Command::Login {
             registry,
             username,

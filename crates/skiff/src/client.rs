@@ -213,7 +213,7 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     // Everything checked here first, so bad input never pulls an image.
     let name = ServiceName::new(&args.name)?;
     let mut spec = ServiceSpec {
-        image: args.image.clone(),
+        image: args.image.clone().unwrap_or_default(),
         ..ServiceSpec::default()
     };
     if let Some(p) = args.port {
@@ -251,11 +251,20 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     if !args.command.is_empty() {
         spec.command = Some(args.command.clone());
     }
+    if let Some(dir) = &args.source {
+        if ctx.host.is_some() {
+            bail!("--source builds into this machine's store; it cannot deploy to a remote daemon (SKIFF_HOST)");
+        }
+        // Checked before the build, so a bad flag costs no build.
+        spec.image = "localhost/source/placeholder:latest".into();
+        spec.validate()?;
+        spec.image = crate::build::build_source(ctx, name.as_str(), dir)?;
+    }
     spec.validate()?;
     // The daemon must find the image when the first request comes. Over
     // TCP the local store is not the daemon's: it pulls when it starts one.
-    if ctx.host.is_none() {
-        crate::images::resolve_or_pull(ctx, &args.image)?;
+    if ctx.host.is_none() && args.source.is_none() {
+        crate::images::resolve_or_pull(ctx, &spec.image)?;
     }
     let query = if args.no_traffic { "?traffic=none" } else { "" };
     let answer = call(

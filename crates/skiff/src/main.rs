@@ -1,5 +1,6 @@
 //! The `skiff` command: CLI parsing, wiring and error reporting.
 
+mod build;
 mod cli;
 mod client;
 mod container;

@@ -299,20 +299,7 @@ fn chrono_date() -> String {
     format!("{y:04}/{m:02}/{d:02}")
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+pub use skiff_core::time::civil_from_days;
 
 /// A random v4 UUID, as Lambda's request ids are.
 pub fn request_id() -> String {
@@ -385,9 +372,6 @@ mod tests {
 
     #[test]
     fn dates_and_ids() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         let id = request_id();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
