@@ -61,7 +61,8 @@ pub fn mkdir_in_root(root: &Path, dir: &str, owner: Option<(u32, u32)>) -> io::R
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(err(&in_root, "cannot inspect", e)),
         }
-        fs::create_dir(&host).map_err(|e| err(&in_root, "cannot create", e))?;
+        // A dangling link's target is created too, as `mkdir -p` would.
+        fs::create_dir_all(&host).map_err(|e| err(&in_root, "cannot create", e))?;
         fs::set_permissions(&host, fs::Permissions::from_mode(0o755))
             .map_err(|e| err(&in_root, "cannot chmod", e))?;
         if let Some((uid, gid)) = owner {
