@@ -56,12 +56,16 @@ WORK=$CACHE/work
 log() { printf 'base-images: %s\n' "$*" >&2; }
 wanted() { [[ " ${WANT[*]} " == *" $1 "* ]]; }
 need() { ((FORCE)) || [[ ! -s $1 ]]; }
+# The python tree's recipe version: bump it when ensure_python_root changes,
+# so machines with an older cache rebuild the python-based images once.
+PY_REV=2
+stale() { [[ $(cat "$1.rev" 2>/dev/null) != "$PY_REV" ]]; }
 
 # Nothing to do: no root, no lock, no apt needed.
 todo=0
 wanted debian && need "$DEBIAN_TAR" && todo=1
-wanted python && need "$PYTHON_TAR" && todo=1
-wanted lambda && need "$LAMBDA_TAR" && todo=1
+wanted python && { need "$PYTHON_TAR" || stale "$PYTHON_TAR"; } && todo=1
+wanted lambda && { need "$LAMBDA_TAR" || stale "$LAMBDA_TAR"; } && todo=1
 if ((todo)); then
   if [[ $(id -u) != 0 ]]; then
     echo "base-images: building the images needs root (debootstrap, chroot)" >&2
@@ -78,6 +82,7 @@ PYTHON_ROOT=$ROOTFS/python-3.11
 WHEELS=$CACHE/wheels
 # --force rebuilds each cached tree once, whichever image asks first.
 REDO_DEBIAN=$FORCE REDO_PYTHON=$FORCE REDO_WHEELS=$FORCE
+stale "$PYTHON_ROOT" && REDO_PYTHON=1
 
 # Mounts under the work dir (a /proc for apt) go before anything there is
 # removed, also those a killed run left behind.
@@ -205,6 +210,7 @@ ensure_python_root() {
       exit 1
     }
     umount "$w/proc"
+    trust_host_cas "$w"
     # As the official image: `python` and `pip`, and pip installs into the
     # system (no PEP 668 "externally managed" refusal).
     ln -sfn /usr/bin/python3 "$w/usr/local/bin/python"
@@ -216,9 +222,32 @@ ensure_python_root() {
     mkdir -p "$ROOTFS"
     mv "$w" "$PYTHON_ROOT"
     mv "$CACHE/python-version.tmp" "$ROOTFS/python-version"
+    echo "$PY_REV" >"$PYTHON_ROOT.rev"
   fi
   REDO_PYTHON=0
   PYTHON_VERSION=$(cat "$ROOTFS/python-version")
+}
+
+# The host's CAs that Debian's bundle lacks (a TLS-intercepting proxy's,
+# say) become local CAs of the tree, so `pip install` in a build step
+# reaches PyPI from wherever the host does; update-ca-certificates keeps
+# them if an image rebuilds its bundle.
+trust_host_cas() {
+  local w=$1 host=/etc/ssl/certs/ca-certificates.crt
+  [[ -s $host && -s $w/etc/ssl/certs/ca-certificates.crt ]] || return 0
+  python3 - "$host" "$w/etc/ssl/certs/ca-certificates.crt" "$w/usr/local/share/ca-certificates" <<'PY'
+import os, re, sys
+pem = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+host, tree, out = sys.argv[1:]
+known = set(pem.findall(open(tree).read()))
+extra = [c for c in pem.findall(open(host).read()) if c not in known]
+os.makedirs(out, exist_ok=True)
+for i, c in enumerate(extra):
+    with open(os.path.join(out, f"skiff-host-{i}.crt"), "w") as f:
+        f.write(c + "\n")
+print(f"base-images: {len(extra)} host CA(s) added to the python tree", file=sys.stderr)
+PY
+  in_root "$w" update-ca-certificates >/dev/null 2>&1 || true
 }
 
 build_python() {
@@ -304,8 +333,14 @@ ENTRYPOINT
 if ((todo)); then
   start=$SECONDS
   if wanted debian && need "$DEBIAN_TAR"; then build_debian; fi
-  if wanted python && need "$PYTHON_TAR"; then build_python; fi
-  if wanted lambda && need "$LAMBDA_TAR"; then build_lambda; fi
+  if wanted python && { need "$PYTHON_TAR" || stale "$PYTHON_TAR"; }; then
+    build_python
+    echo "$PY_REV" >"$PYTHON_TAR.rev"
+  fi
+  if wanted lambda && { need "$LAMBDA_TAR" || stale "$LAMBDA_TAR"; }; then
+    build_lambda
+    echo "$PY_REV" >"$LAMBDA_TAR.rev"
+  fi
   remove "$WORK"
   log "built in $((SECONDS - start)) s"
 fi
