@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::{base_image, daemon::Daemon, Skiff};
@@ -280,7 +279,9 @@ CMD ["/bin/sh", "-c", "cat /app/artifact; ls /copied-dir; stat -c %a /app/artifa
 fn bad_builds_say_what_is_wrong_and_leave_nothing_behind() {
     let s = Skiff::new();
     let images_before = s.ok(&["images", "-q"]);
-    let cases: &[(&str, &[(&str, &str)], &[&str], &str)] = &[
+    // (what, context files, extra flags, expected error)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
         (
             "unknown instruction",
             &[(
