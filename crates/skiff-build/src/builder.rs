@@ -370,9 +370,19 @@ impl<'a> Builder<'a> {
                         Some(n) => n.parse::<RunNetwork>().map_err(fail)?,
                         None => opts.network,
                     };
-                    if let Some(m) = inst.flag("mount") {
-                        return Err(fail(format!("--mount={m} is not supported yet")));
-                    }
+                    let mounts = inst
+                        .flags
+                        .iter()
+                        .filter(|f| f.name == "mount")
+                        .map(|f| {
+                            RunMount::parse(
+                                f.value.as_deref().unwrap_or(""),
+                                context,
+                                &self.env.cache_dir,
+                            )
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                        .map_err(fail)?;
                     if inst.flag("security").is_some_and(|s| s != "sandbox") {
                         return Err(fail("--security=insecure is not supported".into()));
                     }
@@ -386,6 +396,12 @@ impl<'a> Builder<'a> {
                     let res =
                         self.env
                             .fs_step(&mut state, key, &text, counts, |rootfs, bundle, id| {
+                                let mut binds = Vec::with_capacity(mounts.len());
+                                let mut created = Vec::new();
+                                for (i, m) in mounts.iter().enumerate() {
+                                    binds.push(m.bind(bundle, i).map_err(|e| e.to_string())?);
+                                    created.extend(copy::missing_dirs_in_root(rootfs, &m.target));
+                                }
                                 let step = RunStep {
                                     id,
                                     rootfs,
@@ -394,9 +410,15 @@ impl<'a> Builder<'a> {
                                     argv,
                                     args_env,
                                     network,
+                                    mounts: binds,
                                 };
                                 let res = run_step(runtime, &step, &mut |b| host.output(b))
                                     .map_err(|e| e.to_string())?;
+                                // The runtime made mount points the image did not
+                                // have; they are not part of the step's result.
+                                for dir in created {
+                                    copy::remove_empty_dir_in_root(rootfs, &dir);
+                                }
                                 let ok = res.code == 0;
                                 outcome = Some(res);
                                 Ok(ok)
@@ -665,6 +687,83 @@ impl Env<'_> {
         images
             .pop()
             .ok_or_else(|| BuildFailure::Input("no image name".into()))
+    }
+}
+
+/// A `RUN --mount`: a cache directory kept across builds, a read-only
+/// bind of part of the context, or an empty scratch directory (tmpfs).
+struct RunMount {
+    kind: MountKind,
+    target: String,
+}
+
+enum MountKind {
+    /// Host directory, read-only or not.
+    Host(PathBuf, bool),
+    /// A fresh empty directory in the step's bundle.
+    Scratch,
+}
+
+impl RunMount {
+    /// `type=cache,target=/root/.cache/pip[,id=ID]`, `type=bind,source=S,
+    /// target=T` (from the context), `type=tmpfs,target=T`.
+    fn parse(spec: &str, context: &BuildContext, cache_dir: &Path) -> Result<RunMount, String> {
+        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            fields.insert(k.trim(), v.trim());
+        }
+        let target = fields
+            .get("target")
+            .or_else(|| fields.get("dst"))
+            .or_else(|| fields.get("destination"))
+            .filter(|t| t.starts_with('/'))
+            .ok_or_else(|| format!("--mount={spec}: needs an absolute target="))?;
+        let target = clean_abs(target);
+        let kind = match fields.get("type").copied().unwrap_or("bind") {
+            "cache" => {
+                let id = fields.get("id").copied().unwrap_or(&target);
+                let dir = cache_dir
+                    .join("mounts")
+                    .join(Digest::of(id.as_bytes()).hex());
+                fs::create_dir_all(&dir).map_err(|e| format!("--mount={spec}: {e}"))?;
+                MountKind::Host(dir, false)
+            }
+            "bind" => {
+                if fields.contains_key("from") {
+                    return Err(format!("--mount={spec}: from= is not supported yet"));
+                }
+                let source = fields
+                    .get("source")
+                    .or_else(|| fields.get("src"))
+                    .copied()
+                    .unwrap_or(".");
+                let found = context.expand_source(source).map_err(|e| e.to_string())?;
+                let [rel] = found.as_slice() else {
+                    return Err(format!("--mount={spec}: source must name one path"));
+                };
+                MountKind::Host(context.root().join(rel), true)
+            }
+            "tmpfs" => MountKind::Scratch,
+            other => return Err(format!("--mount=type={other} is not supported")),
+        };
+        Ok(RunMount { kind, target })
+    }
+
+    fn bind(&self, bundle: &Path, n: usize) -> io::Result<skiff_runtime::spec::BindMount> {
+        let (source, readonly) = match &self.kind {
+            MountKind::Host(p, ro) => (p.clone(), *ro),
+            MountKind::Scratch => {
+                let dir = bundle.join(format!("tmpfs-{n}"));
+                fs::create_dir(&dir)?;
+                (dir, false)
+            }
+        };
+        Ok(skiff_runtime::spec::BindMount {
+            source,
+            destination: self.target.clone(),
+            readonly,
+        })
     }
 }
 

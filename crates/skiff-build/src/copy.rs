@@ -78,6 +78,29 @@ pub fn is_dir_in_root(root: &Path, path: &str) -> bool {
     resolve_in_root(root, Path::new(path)).is_ok_and(|h| h.is_dir())
 }
 
+/// The directories `mkdir -p path` would create in the image at `root`,
+/// deepest first (links followed inside the root).
+pub fn missing_dirs_in_root(root: &Path, path: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut p = PathBuf::from(path);
+    while p.parent().is_some() {
+        let exists = resolve_in_root(root, &p).is_ok_and(|h| fs::symlink_metadata(h).is_ok());
+        if exists {
+            break;
+        }
+        missing.push(p.to_string_lossy().into_owned());
+        p.pop();
+    }
+    missing
+}
+
+/// Removes `dir` (in the image) if it is an empty directory.
+pub fn remove_empty_dir_in_root(root: &Path, dir: &str) {
+    if let Ok(host) = resolve_in_root(root, Path::new(dir)) {
+        let _ = fs::remove_dir(host);
+    }
+}
+
 /// Copies one walked source to `dest` (absolute, in the image): the
 /// source's own entry (empty `rel`) lands on `dest` itself, the rest
 /// below it. Parents of `dest` must exist.

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use skiff_runtime::oci::OciRuntime;
-use skiff_runtime::spec::{build_spec, EtcFiles, NetworkConfig, RunConfig};
+use skiff_runtime::spec::{build_spec, BindMount, EtcFiles, NetworkConfig, RunConfig};
 
 /// The network a RUN step sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,6 +50,8 @@ pub struct RunStep<'a> {
     /// Build arguments in scope, `K=V`; the image's ENV wins over them.
     pub args_env: Vec<String>,
     pub network: RunNetwork,
+    /// `RUN --mount`s, as bind mounts of host directories.
+    pub mounts: Vec<BindMount>,
 }
 
 /// How a RUN step ended.
@@ -120,7 +122,7 @@ pub fn run_step(
         memory: None,
         cpus_milli: None,
         pids_limit: None,
-        mounts: Vec::new(),
+        mounts: step.mounts.clone(),
         network: match step.network {
             RunNetwork::Host => NetworkConfig::Host,
             RunNetwork::None => NetworkConfig::None,

@@ -445,3 +445,25 @@ fn the_seed_flask_app_builds_runs_and_deploys_from_source() {
     let described = s.ok(&["describe", "hello", "--json"]);
     assert!(described.contains("localhost/source/hello:"), "{described}");
 }
+
+#[test]
+fn run_mounts_keep_a_cache_bind_the_context_and_stay_out_of_the_image() {
+    let s = Skiff::new();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\n\
+             RUN --mount=type=cache,target=/var/cache/thing [\"/bin/busybox\", \"sh\", \"-c\", \"echo x >> /var/cache/thing/runs; /bin/busybox wc -l < /var/cache/thing/runs > /runs-seen\"]\n\
+             RUN --mount=type=bind,source=data,target=/mnt/data --mount=type=tmpfs,target=/scratch [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /mnt/data/in > /copied && echo tmp > /scratch/t && ! /bin/busybox touch /mnt/data/new 2>/dev/null\"]\n\
+             CMD [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /runs-seen /copied; /bin/busybox ls /mnt /scratch /var/cache 2>&1 | /bin/busybox wc -l\"]\n",
+        ),
+        ("data/in", "bound\n"),
+    ]);
+    built_id(&build(&s, ctx.path(), &["-q", "-t", "mounts:1"]));
+    built_id(&build(&s, ctx.path(), &["-q", "-t", "mounts:2", "--no-cache"]));
+    // The cache mount saw both builds; nothing mounted is in the image
+    // (ls prints three "No such file or directory" lines).
+    assert_eq!(s.ok(&["run", "--rm", "mounts:1"]), "1\nbound\n3\n");
+    assert_eq!(s.ok(&["run", "--rm", "mounts:2"]), "2\nbound\n3\n");
+    assert!(!ctx.path().join("data/new").exists());
+}
