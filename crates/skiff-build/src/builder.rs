@@ -237,10 +237,36 @@ impl<'a> Builder<'a> {
                 images.insert(name, (image, config));
             }
         }
-        let stages = resolve_with_base_env(&dockerfile, &args, &|base| {
-            images.get(base).map(|(_, c)| c.env()).unwrap_or_default()
-        })
-        .map_err(|e| input(&e))?;
+        let base_env = |base: &str| images.get(base).map(|(_, c)| c.env()).unwrap_or_default();
+        let mut stages =
+            resolve_with_base_env(&dockerfile, &args, &base_env).map_err(|e| input(&e))?;
+        // A base image's ONBUILD triggers run first in the stage built on
+        // it, as if written right after its FROM (Docker's rule).
+        for stage in &mut stages {
+            let Some((_, config)) = images.get(&stage.base) else {
+                continue;
+            };
+            let triggers = config.onbuild();
+            if triggers.is_empty() || stage_ref(&draft, &stage.base, stage.index, true).is_some() {
+                continue;
+            }
+            let text = format!("FROM {}\n{}\n", stage.base, triggers.join("\n"));
+            let at = |e: &dyn std::fmt::Display| {
+                BuildFailure::Input(format!(
+                    "{file}:{}: ONBUILD trigger of {}: {e}",
+                    stage.line, stage.base
+                ))
+            };
+            let parsed = parse(&text).map_err(|e| at(&e))?;
+            let resolved = resolve_with_base_env(&parsed, &args, &base_env).map_err(|e| at(&e))?;
+            let mut steps: Vec<_> = resolved.into_iter().flat_map(|s| s.steps).collect();
+            for step in &mut steps {
+                step.instruction.line = stage.line;
+                step.instruction.end_line = stage.line;
+            }
+            steps.append(&mut stage.steps);
+            stage.steps = steps;
+        }
 
         self.env.no_cache = opts.no_cache;
         // Nothing may collect our blobs and layers before the image is named.
@@ -328,15 +354,8 @@ impl<'a> Builder<'a> {
                     )));
                 };
                 let mut config = config.clone();
-                let triggers = config.onbuild();
-                if !triggers.is_empty() {
-                    self.host.progress(&format!(
-                        "warning: {} ONBUILD trigger(s) of {} are not run (not supported yet)",
-                        triggers.len(),
-                        stage.base
-                    ));
-                    config.clear_onbuild();
-                }
+                // Consumed by this stage (see `build`), not inherited further.
+                config.clear_onbuild();
                 StageState {
                     config,
                     layers: image.layers.clone(),

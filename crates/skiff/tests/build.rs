@@ -460,10 +460,47 @@ fn run_mounts_keep_a_cache_bind_the_context_and_stay_out_of_the_image() {
         ("data/in", "bound\n"),
     ]);
     built_id(&build(&s, ctx.path(), &["-q", "-t", "mounts:1"]));
-    built_id(&build(&s, ctx.path(), &["-q", "-t", "mounts:2", "--no-cache"]));
+    built_id(&build(
+        &s,
+        ctx.path(),
+        &["-q", "-t", "mounts:2", "--no-cache"],
+    ));
     // The cache mount saw both builds; nothing mounted is in the image
     // (ls prints three "No such file or directory" lines).
     assert_eq!(s.ok(&["run", "--rm", "mounts:1"]), "1\nbound\n3\n");
     assert_eq!(s.ok(&["run", "--rm", "mounts:2"]), "2\nbound\n3\n");
     assert!(!ctx.path().join("data/new").exists());
+}
+
+#[test]
+fn onbuild_triggers_run_in_the_child_build_with_its_context() {
+    let s = Skiff::new();
+    let base = context(&[(
+        "Dockerfile",
+        "FROM scratch\nCOPY busybox /bin/busybox\nONBUILD COPY greeting.txt /app/\nONBUILD RUN [\"/bin/busybox\", \"cp\", \"/app/greeting.txt\", \"/app/copy.txt\"]\n",
+    )]);
+    let id = built_id(&build(&s, base.path(), &["-q", "-t", "onbuild-base"]));
+    assert_eq!(
+        config(&s, &id)["config"]["OnBuild"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let child = context(&[
+        (
+            "Dockerfile",
+            "FROM onbuild-base\nCMD [\"/bin/busybox\", \"cat\", \"/app/copy.txt\"]\n",
+        ),
+        ("greeting.txt", "from the child's context\n"),
+    ]);
+    let id = built_id(&build(&s, child.path(), &["-q", "-t", "onbuild-child"]));
+    assert_eq!(
+        s.ok(&["run", "--rm", "onbuild-child"]),
+        "from the child's context\n"
+    );
+    assert!(
+        config(&s, &id)["config"].get("OnBuild").is_none(),
+        "triggers are not inherited"
+    );
 }
