@@ -684,28 +684,11 @@ fn compile(text: &str) -> Result<Matcher, String> {
                     ty = Type::Suffix;
                 }
             }
-            '*' => {
-                toks.push(Tok::Star);
-                ty = Type::Regexp;
-            }
-            '?' => {
-                toks.push(Tok::One);
-                ty = Type::Regexp;
-            }
-            '\\' => match chars.get(pos) {
-                Some(&c) => {
-                    pos += 1;
-                    toks.push(Tok::Lit(c));
+            c => {
+                if glob_token(c, &chars, &mut pos, &mut toks)? {
+                    ty = Type::Regexp;
                 }
-                None => return Err("trailing backslash".into()),
-            },
-            '[' => {
-                let (class, used) = parse_class(&chars[pos..])?;
-                pos += used;
-                toks.push(class);
-                ty = Type::Regexp;
             }
-            c => toks.push(Tok::Lit(c)),
         }
         first = false;
     }
@@ -715,6 +698,36 @@ fn compile(text: &str) -> Result<Matcher, String> {
         Type::Suffix => Matcher::Suffix,
         Type::Regexp => Matcher::Glob(Glob { toks }),
     })
+}
+
+/// The token for `ch` (just read; `pos` is after it) of a glob: `*`, `?`,
+/// a `\\` escape, a `[...]` class or a literal. True when it is a wildcard.
+fn glob_token(
+    ch: char,
+    chars: &[char],
+    pos: &mut usize,
+    toks: &mut Vec<Tok>,
+) -> Result<bool, String> {
+    match ch {
+        '*' => toks.push(Tok::Star),
+        '?' => toks.push(Tok::One),
+        '\\' => {
+            let c = chars.get(*pos).ok_or("trailing backslash")?;
+            *pos += 1;
+            toks.push(Tok::Lit(*c));
+            return Ok(false);
+        }
+        '[' => {
+            let (class, used) = parse_class(&chars[*pos..])?;
+            *pos += used;
+            toks.push(class);
+        }
+        c => {
+            toks.push(Tok::Lit(c));
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Parses a character class after its `[`: `^` negates, `a-z` is a range,
@@ -787,23 +800,7 @@ impl Glob {
         while pos < chars.len() {
             let ch = chars[pos];
             pos += 1;
-            match ch {
-                '*' => toks.push(Tok::Star),
-                '?' => toks.push(Tok::One),
-                '\\' => match chars.get(pos) {
-                    Some(&c) => {
-                        pos += 1;
-                        toks.push(Tok::Lit(c));
-                    }
-                    None => return Err("trailing backslash".into()),
-                },
-                '[' => {
-                    let (class, used) = parse_class(&chars[pos..])?;
-                    pos += used;
-                    toks.push(class);
-                }
-                c => toks.push(Tok::Lit(c)),
-            }
+            glob_token(ch, &chars, &mut pos, &mut toks)?;
         }
         Ok(Glob { toks })
     }
