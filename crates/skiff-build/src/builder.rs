@@ -984,10 +984,12 @@ impl CopyPlan {
         }
         match &self.from {
             Source::Context => {
-                for entries in &self.context_entries {
+                for (rel, entries) in self.paths.iter().zip(&self.context_entries) {
                     let Some(top) = entries.first() else { continue };
                     let is_dir = matches!(top.kind, EntryKind::Dir);
-                    let name = top.path.file_name().unwrap_or_default();
+                    // The name as written: a named symlink is copied under
+                    // its own name with its target's content, as Docker does.
+                    let name = rel.file_name().unwrap_or_default();
                     if self.is_add && !is_dir {
                         if let Some(mt) = copy::archive_media_type(&top.path).map_err(e)? {
                             self.extract(rootfs, bundle, &top.path, mt, &opts)?;
