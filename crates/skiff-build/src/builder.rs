@@ -1019,7 +1019,7 @@ impl CopyPlan {
                 )
                 .map_err(|e| e.to_string())?;
                 let res = (|| -> Result<(), String> {
-                    for p in &self.paths {
+                    for p in self.expand_in_root(&src_root)? {
                         let in_root = clean_abs(&p.to_string_lossy());
                         let entries = copy::walk_in_root(&src_root, &in_root).map_err(|err| {
                             if err.kind() == io::ErrorKind::NotFound {
@@ -1041,6 +1041,37 @@ impl CopyPlan {
             }
         }
         Ok(())
+    }
+
+    /// The `--from` sources, a wildcard in a last component expanded in
+    /// the mounted image (sorted); a wildcard matching nothing is an error.
+    fn expand_in_root(&self, root: &Path) -> Result<Vec<PathBuf>, String> {
+        let mut out = Vec::new();
+        for p in &self.paths {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(name) = name.filter(|n| crate::context::has_wildcards(n)) else {
+                out.push(p.clone());
+                continue;
+            };
+            let parent = clean_abs(&p.parent().unwrap_or(Path::new("/")).to_string_lossy());
+            let dir = skiff_runtime::rootfs::resolve_in_root(root, Path::new(&parent))
+                .map_err(|e| e.to_string())?;
+            let mut found = Vec::new();
+            if let Ok(rd) = fs::read_dir(&dir) {
+                for entry in rd.flatten() {
+                    let n = entry.file_name().to_string_lossy().into_owned();
+                    if crate::context::match_component(&name, &n).map_err(|e| e.to_string())? {
+                        found.push(Path::new(&parent).join(n));
+                    }
+                }
+            }
+            if found.is_empty() {
+                return Err(format!("{}: no match in the --from image", p.display()));
+            }
+            found.sort();
+            out.extend(found);
+        }
+        Ok(out)
     }
 
     /// ADD of a local tar: unpacked with the layer unpacker's rules (no

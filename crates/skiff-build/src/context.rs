@@ -700,6 +700,21 @@ fn compile(text: &str) -> Result<Matcher, String> {
     })
 }
 
+/// Whether `name` (one path component) matches `pattern` as Go's
+/// `filepath.Match` does, for sources outside the context (`COPY --from`).
+pub fn match_component(pattern: &str, name: &str) -> Result<bool, ContextError> {
+    let glob = Glob::component(pattern).map_err(|reason| ContextError::BadSourcePattern {
+        pattern: pattern.into(),
+        reason,
+    })?;
+    Ok(glob.matches(name))
+}
+
+/// Whether a source pattern has wildcards.
+pub fn has_wildcards(pattern: &str) -> bool {
+    has_meta(pattern)
+}
+
 /// The token for `ch` (just read; `pos` is after it) of a glob: `*`, `?`,
 /// a `\\` escape, a `[...]` class or a literal. True when it is a wildcard.
 fn glob_token(

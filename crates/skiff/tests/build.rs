@@ -257,15 +257,19 @@ FROM scratch
 COPY --from=builder /out/artifact /app/artifact
 COPY --from={busybox} /bin/busybox /bin/sh
 COPY --from=0 /out /copied-dir
-CMD ["/bin/sh", "-c", "cat /app/artifact; ls /copied-dir; stat -c %a /app/artifact"]
+COPY --from=builder /out/arti* /globbed/
+CMD ["/bin/sh", "-c", "cat /app/artifact; ls /copied-dir /globbed; stat -c %a /app/artifact"]
 "#
         ),
     )]);
     let id = built_id(&build(&s, ctx.path(), &["-t", "final"]));
-    assert_eq!(s.ok(&["run", "--rm", "final"]), "built\nartifact\n751\n");
+    assert_eq!(
+        s.ok(&["run", "--rm", "final"]),
+        "built\n/copied-dir:\nartifact\n\n/globbed:\nartifact\n751\n"
+    );
     // The unused `tester` stage is not built for the final image.
     let c = config(&s, &id);
-    assert_eq!(c["rootfs"]["diff_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(c["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
 
     let out = build(&s, ctx.path(), &["-t", "tester", "--target", "tester"]);
     built_id(&out);
