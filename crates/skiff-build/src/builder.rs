@@ -649,7 +649,11 @@ impl Env<'_> {
                 .store
                 .ingest_unknown()
                 .map_err(|e| StepFailed::Other(e.to_string()))?;
-            let (diff_id, _) = crate::layer::write_layer(&upper, &mut ingest)?;
+            // gzip as Docker's layers are (registries and `docker load`
+            // expect it), at the fastest level: a build waits for this.
+            let mut gz = flate2::write::GzEncoder::new(&mut ingest, flate2::Compression::fast());
+            let (diff_id, _) = crate::layer::write_layer(&upper, &mut gz)?;
+            gz.finish()?;
             let (digest, size) = ingest
                 .commit()
                 .map_err(|e| StepFailed::Other(e.to_string()))?;
@@ -659,7 +663,7 @@ impl Env<'_> {
             Some(Layer {
                 digest,
                 diff_id,
-                media_type: media_type::OCI_LAYER.to_string(),
+                media_type: media_type::OCI_LAYER_GZIP.to_string(),
                 size,
             })
         };

@@ -51,8 +51,8 @@ const OVERLAY_XATTR_PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
 const HEADER_LINK_NAME_LEN: usize = 100;
 
 /// Writes overlayfs upper directory `upper` as an uncompressed OCI layer tar to `out`,
-/// returning the tar's sha256 (the layer's diff_id, which is also the blob digest since
-/// we store layers uncompressed) and its size in bytes.
+/// returning the tar's sha256 (the layer's diff_id; the caller may compress
+/// what it writes) and its size in bytes.
 pub fn write_layer(upper: &Path, out: impl Write) -> io::Result<(Digest, u64)> {
     let mut w = LayerWriter {
         upper,
