@@ -405,7 +405,19 @@ impl<'a> Builder<'a> {
                     if inst.flag("security").is_some_and(|s| s != "sandbox") {
                         return Err(fail("--security=insecure is not supported".into()));
                     }
-                    let argv = run_argv(&state.config, cmd, &inst.heredocs);
+                    let mut mounts = mounts;
+                    let argv = match shebang_script(cmd, &inst.heredocs) {
+                        // BuildKit runs such a script as a file, by its #! line.
+                        Some(h) => {
+                            let target = format!("/dev/pipes/{}", h.name.replace('/', "_"));
+                            mounts.push(RunMount {
+                                kind: MountKind::Script(h.content.clone()),
+                                target: target.clone(),
+                            });
+                            shebang_argv(&h.content, target)
+                        }
+                        None => run_argv(&state.config, cmd, &inst.heredocs),
+                    };
                     let image = state.config.runtime_config();
                     let args_env: Vec<String> =
                         step.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -415,12 +427,12 @@ impl<'a> Builder<'a> {
                     let res =
                         self.env
                             .fs_step(&mut state, key, &text, counts, |rootfs, bundle, id| {
-                                let mut binds = Vec::with_capacity(mounts.len());
-                                let mut created = Vec::new();
-                                for (i, m) in mounts.iter().enumerate() {
-                                    binds.push(m.bind(bundle, i).map_err(|e| e.to_string())?);
-                                    created.extend(copy::missing_dirs_in_root(rootfs, &m.target));
-                                }
+                                let binds = mounts
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, m)| m.bind(bundle, i))
+                                    .collect::<io::Result<Vec<_>>>()
+                                    .map_err(|e| e.to_string())?;
                                 let step = RunStep {
                                     id,
                                     rootfs,
@@ -433,11 +445,6 @@ impl<'a> Builder<'a> {
                                 };
                                 let res = run_step(runtime, &step, &mut |b| host.output(b))
                                     .map_err(|e| e.to_string())?;
-                                // The runtime made mount points the image did not
-                                // have; they are not part of the step's result.
-                                for dir in created {
-                                    copy::remove_empty_dir_in_root(rootfs, &dir);
-                                }
                                 let ok = res.code == 0;
                                 outcome = Some(res);
                                 Ok(ok)
@@ -498,7 +505,7 @@ impl<'a> Builder<'a> {
                     apply_metadata(&mut state, other).map_err(fail)?;
                     key["config"] =
                         serde_json::json!(String::from_utf8_lossy(&state.config.to_bytes()));
-                    self.env.meta_step(&mut state, key, &text, counts);
+                    self.env.meta_step(&mut state, key, &text);
                 }
             }
         }
@@ -553,14 +560,8 @@ impl Env<'_> {
         }
     }
 
-    /// A step that only changes the config.
-    fn meta_step(
-        &mut self,
-        state: &mut StageState,
-        key: serde_json::Value,
-        text: &str,
-        counts: &mut (usize, usize),
-    ) {
+    /// A step that only changes the config (not counted as run or cached).
+    fn meta_step(&mut self, state: &mut StageState, key: serde_json::Value, text: &str) {
         let chain = Self::chain_of(&state.chain, &key);
         let created = match self.cache_get(&chain, false) {
             Some(e) => e.created,
@@ -573,7 +574,6 @@ impl Env<'_> {
                 entry.created
             }
         };
-        counts.0 += 1;
         state.config.record(text, &created, None);
         state.chain = chain;
     }
@@ -725,6 +725,8 @@ enum MountKind {
     Host(PathBuf, bool),
     /// A fresh empty directory in the step's bundle.
     Scratch,
+    /// An executable file with this content (a heredoc script).
+    Script(String),
 }
 
 impl RunMount {
@@ -780,6 +782,13 @@ impl RunMount {
                 let dir = bundle.join(format!("tmpfs-{n}"));
                 fs::create_dir(&dir)?;
                 (dir, false)
+            }
+            MountKind::Script(content) => {
+                use std::os::unix::fs::PermissionsExt;
+                let file = bundle.join(format!("script-{n}"));
+                fs::write(&file, content)?;
+                fs::set_permissions(&file, fs::Permissions::from_mode(0o755))?;
+                (file, true)
             }
         };
         Ok(skiff_runtime::spec::BindMount {
@@ -1131,6 +1140,34 @@ fn run_argv(config: &ImageConfig, cmd: &CommandLine, heredocs: &[Heredoc]) -> Ve
     }
 }
 
+/// The heredoc of a RUN that is only `<<EOF` and whose body starts with `#!`.
+fn shebang_script<'h>(cmd: &CommandLine, heredocs: &'h [Heredoc]) -> Option<&'h Heredoc> {
+    match (cmd, heredocs) {
+        (CommandLine::Shell(text), [h]) if is_lone_marker(text.trim(), h) => {
+            h.content.starts_with("#!").then_some(h)
+        }
+        _ => None,
+    }
+}
+
+/// What the kernel would run for `script` at `path`: the interpreter, its
+/// one optional argument (the rest of the `#!` line), then the path. Spelt
+/// out so the runtime's spec builder can check the interpreter exists.
+fn shebang_argv(script: &str, path: String) -> Vec<String> {
+    let line = script
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("#!")
+        .trim();
+    let mut argv: Vec<String> = match line.split_once([' ', '\t']) {
+        Some((interp, arg)) if !arg.trim().is_empty() => vec![interp.into(), arg.trim().into()],
+        _ => vec![line.to_string()],
+    };
+    argv.push(path);
+    argv
+}
+
 fn is_lone_marker(text: &str, h: &Heredoc) -> bool {
     let rest = text.trim_start_matches("<<").trim_start_matches('-');
     let rest = rest.trim_matches(|c| c == '"' || c == '\'');
@@ -1415,6 +1452,17 @@ mod tests {
         assert_eq!(argv, vec!["/bin/sh", "-c", "echo a\necho b\n"]);
         let argv = run_argv(&c, &CommandLine::Shell("python3 <<EOF".into()), &[h]);
         assert_eq!(argv[2], "python3 <<EOF\necho a\necho b\nEOF");
+        assert_eq!(
+            shebang_argv(
+                "#!/usr/bin/env python3\nprint(1)\n",
+                "/dev/pipes/EOF".into()
+            ),
+            vec!["/usr/bin/env", "python3", "/dev/pipes/EOF"]
+        );
+        assert_eq!(
+            shebang_argv("#!/bin/sh\n", "/p".into()),
+            vec!["/bin/sh", "/p"]
+        );
     }
 
     #[test]

@@ -78,9 +78,9 @@ pub fn is_dir_in_root(root: &Path, path: &str) -> bool {
     resolve_in_root(root, Path::new(path)).is_ok_and(|h| h.is_dir())
 }
 
-/// The directories `mkdir -p path` would create in the image at `root`,
-/// deepest first (links followed inside the root).
-pub fn missing_dirs_in_root(root: &Path, path: &str) -> Vec<String> {
+/// `path` (absolute, in the image at `root`) and those of its parents
+/// that do not exist, deepest first (links followed inside the root).
+pub fn missing_in_root(root: &Path, path: &str) -> Vec<String> {
     let mut missing = Vec::new();
     let mut p = PathBuf::from(path);
     while p.parent().is_some() {
@@ -94,10 +94,20 @@ pub fn missing_dirs_in_root(root: &Path, path: &str) -> Vec<String> {
     missing
 }
 
-/// Removes `dir` (in the image) if it is an empty directory.
-pub fn remove_empty_dir_in_root(root: &Path, dir: &str) {
-    if let Ok(host) = resolve_in_root(root, Path::new(dir)) {
-        let _ = fs::remove_dir(host);
+/// Removes `path` (in the image) if it is still a mount stub: an empty
+/// directory or an empty regular file.
+pub fn remove_stub_in_root(root: &Path, path: &str) {
+    let Ok(host) = resolve_in_root(root, Path::new(path)) else {
+        return;
+    };
+    match fs::symlink_metadata(&host) {
+        Ok(m) if m.is_dir() => {
+            let _ = fs::remove_dir(&host);
+        }
+        Ok(m) if m.is_file() && m.len() == 0 => {
+            let _ = fs::remove_file(&host);
+        }
+        _ => {}
     }
 }
 

@@ -132,6 +132,17 @@ pub fn run_step(
         etc_files: Some(etc),
     };
     let spec = build_spec(&cfg, step.rootfs)?;
+    // The runtime creates what it mounts on (/proc, /dev, /etc/hosts, a
+    // RUN --mount target) when the image lacks it; those stubs are not the
+    // step's doing and must not end up in its layer.
+    let mut stubs: Vec<String> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .flat_map(|m| crate::copy::missing_in_root(step.rootfs, &m.destination().to_string_lossy()))
+        .collect();
+    stubs.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    stubs.dedup();
     let json = serde_json::to_vec(&spec).map_err(io::Error::other)?;
     std::fs::write(step.bundle.join("config.json"), json)?;
 
@@ -155,6 +166,9 @@ pub fn run_step(
     let status = child.wait();
     let _ = runtime.delete(step.id, true);
     skiff_runtime::cgroups::remove_cgroup(&cfg.cgroup_path);
+    for stub in &stubs {
+        crate::copy::remove_stub_in_root(step.rootfs, stub);
+    }
     let status = status?;
     let code = match (
         status.code(),
