@@ -18,6 +18,11 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 use skiff_runtime::rootfs::resolve_in_root;
 
+use skiff_image::store::{Layer, Store};
+use skiff_runtime::rootfs::{mount_overlay_with, unmount};
+
+use crate::ast::Heredoc;
+use crate::config::clean_abs;
 use crate::context::{Entry, EntryKind};
 
 /// How copied files are owned and moded.
@@ -325,6 +330,198 @@ pub fn archive_media_type(file: &Path) -> io::Result<Option<&'static str>> {
         }
     }
     Ok((got == 512 && &block[257..262] == b"ustar").then_some(media))
+}
+
+/// A glob may match several files; Docker then wants a directory.
+pub(crate) fn has_glob(sources: &[String]) -> bool {
+    sources.iter().any(|s| s.contains(['*', '?', '[']))
+}
+
+pub(crate) enum Source {
+    Context,
+    Layers { layers: Vec<Layer>, key: String },
+}
+
+/// A COPY or ADD, with its sources found before the overlay is mounted.
+pub(crate) struct CopyPlan {
+    pub(crate) from: Source,
+    /// Context-relative paths, or paths in the `--from` image.
+    pub(crate) paths: Vec<PathBuf>,
+    /// For context sources: each path's walk.
+    pub(crate) context_entries: Vec<Vec<Entry>>,
+    pub(crate) heredocs: Vec<Heredoc>,
+    pub(crate) dest: String,
+    pub(crate) dest_is_dir: bool,
+    pub(crate) chown: Option<String>,
+    pub(crate) chmod: Option<u32>,
+    pub(crate) is_add: bool,
+    /// What the copied content hashes to, for the cache key.
+    pub(crate) content_key: String,
+}
+
+impl CopyPlan {
+    pub(crate) fn apply(&self, store: &Store, rootfs: &Path, bundle: &Path) -> Result<(), String> {
+        let owner = match &self.chown {
+            Some(spec) => {
+                Some(skiff_runtime::spec::chown_ids(rootfs, spec).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        let opts = CopyOptions {
+            chown: owner,
+            chmod: self.chmod,
+            preserve_owner: matches!(self.from, Source::Layers { .. }),
+        };
+        let dest_is_dir = self.dest_is_dir || is_dir_in_root(rootfs, &self.dest);
+        let e = |e: io::Error| e.to_string();
+        if dest_is_dir {
+            mkdir_in_root(rootfs, &self.dest, owner).map_err(e)?;
+        } else if let Some(parent) = Path::new(&self.dest).parent() {
+            mkdir_in_root(rootfs, &parent.to_string_lossy(), owner).map_err(e)?;
+        }
+        // Where one source whose own entry is `entries[0]` lands.
+        let target = |name: &std::ffi::OsStr, is_dir: bool| -> String {
+            if is_dir || !dest_is_dir {
+                self.dest.clone()
+            } else {
+                format!(
+                    "{}/{}",
+                    self.dest.trim_end_matches('/'),
+                    name.to_string_lossy()
+                )
+            }
+        };
+        for doc in &self.heredocs {
+            let file = bundle.join(format!("heredoc-{}", doc.name.replace('/', "_")));
+            fs::write(&file, &doc.content).map_err(e)?;
+            let entry = Entry {
+                rel: PathBuf::new(),
+                path: file,
+                kind: EntryKind::File {
+                    size: doc.content.len() as u64,
+                },
+                mode: 0o644,
+                mtime: (skiff_core::time::now_secs(), 0),
+            };
+            let dest = target(std::ffi::OsStr::new(&doc.name), false);
+            copy_entries(rootfs, &[entry], &dest, &opts).map_err(e)?;
+        }
+        match &self.from {
+            Source::Context => {
+                for (rel, entries) in self.paths.iter().zip(&self.context_entries) {
+                    let Some(top) = entries.first() else { continue };
+                    let is_dir = matches!(top.kind, EntryKind::Dir);
+                    // The name as written: a named symlink is copied under
+                    // its own name with its target's content, as Docker does.
+                    let name = rel.file_name().unwrap_or_default();
+                    if self.is_add && !is_dir {
+                        if let Some(mt) = archive_media_type(&top.path).map_err(e)? {
+                            self.extract(rootfs, bundle, &top.path, mt, &opts)?;
+                            continue;
+                        }
+                    }
+                    copy_entries(rootfs, entries, &target(name, is_dir), &opts).map_err(e)?;
+                }
+            }
+            Source::Layers { layers, .. } => {
+                let src_root = bundle.join("from");
+                let mut lowers = Vec::with_capacity(layers.len().max(1));
+                for l in layers {
+                    lowers.push(store.layer_dir(l).map_err(|e| e.to_string())?);
+                }
+                if lowers.is_empty() {
+                    let empty = bundle.join("from-empty");
+                    fs::create_dir(&empty).map_err(e)?;
+                    lowers.push(empty);
+                }
+                mount_overlay_with(
+                    &lowers,
+                    &bundle.join("from-upper"),
+                    &bundle.join("from-work"),
+                    &src_root,
+                    "",
+                )
+                .map_err(|e| e.to_string())?;
+                let res = (|| -> Result<(), String> {
+                    for p in self.expand_in_root(&src_root)? {
+                        let in_root = clean_abs(&p.to_string_lossy());
+                        let entries = walk_in_root(&src_root, &in_root).map_err(|err| {
+                            if err.kind() == io::ErrorKind::NotFound {
+                                format!("{in_root}: not found in the --from image")
+                            } else {
+                                err.to_string()
+                            }
+                        })?;
+                        let Some(top) = entries.first() else { continue };
+                        let is_dir = matches!(top.kind, EntryKind::Dir);
+                        let name = Path::new(&in_root).file_name().unwrap_or_default();
+                        copy_entries(rootfs, &entries, &target(name, is_dir), &opts).map_err(e)?;
+                    }
+                    Ok(())
+                })();
+                unmount(&src_root).map_err(|e| e.to_string())?;
+                res?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `--from` sources, a wildcard in a last component expanded in
+    /// the mounted image (sorted); a wildcard matching nothing is an error.
+    fn expand_in_root(&self, root: &Path) -> Result<Vec<PathBuf>, String> {
+        let mut out = Vec::new();
+        for p in &self.paths {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(name) = name.filter(|n| crate::context::has_wildcards(n)) else {
+                out.push(p.clone());
+                continue;
+            };
+            let parent = clean_abs(&p.parent().unwrap_or(Path::new("/")).to_string_lossy());
+            let dir = skiff_runtime::rootfs::resolve_in_root(root, Path::new(&parent))
+                .map_err(|e| e.to_string())?;
+            let mut found = Vec::new();
+            if let Ok(rd) = fs::read_dir(&dir) {
+                for entry in rd.flatten() {
+                    let n = entry.file_name().to_string_lossy().into_owned();
+                    if crate::context::match_component(&name, &n).map_err(|e| e.to_string())? {
+                        found.push(Path::new(&parent).join(n));
+                    }
+                }
+            }
+            if found.is_empty() {
+                return Err(format!("{}: no match in the --from image", p.display()));
+            }
+            found.sort();
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
+    /// ADD of a local tar: unpacked with the layer unpacker's rules (no
+    /// path leaves the directory) into scratch space, then copied in.
+    fn extract(
+        &self,
+        rootfs: &Path,
+        bundle: &Path,
+        archive: &Path,
+        media: &str,
+        opts: &CopyOptions,
+    ) -> Result<(), String> {
+        let dir = bundle.join("extract");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let file = fs::File::open(archive).map_err(|e| e.to_string())?;
+        skiff_image::unpack::unpack_layer(io::BufReader::new(file), media, &dir)
+            .map_err(|e| format!("cannot extract {}: {e}", archive.display()))?;
+        let entries = walk_in_root(&dir, "/").map_err(|e| e.to_string())?;
+        let opts = CopyOptions {
+            preserve_owner: true,
+            ..*opts
+        };
+        copy_entries(rootfs, &entries, &self.dest, &opts).map_err(|e| e.to_string())?;
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,17 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use skiff_core::Digest;
 use skiff_runtime::oci::OciRuntime;
 use skiff_runtime::spec::{build_spec, BindMount, EtcFiles, NetworkConfig, RunConfig};
+
+use crate::ast::{CommandLine, Heredoc};
+use crate::config::{clean_abs, ImageConfig};
+use crate::context::BuildContext;
 
 /// The network a RUN step sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,6 +79,167 @@ pub enum RunError {
     Spawn { runtime: String, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// A `RUN --mount`: a cache directory kept across builds, a read-only
+/// bind of part of the context, or an empty scratch directory (tmpfs).
+pub(crate) struct RunMount {
+    pub(crate) kind: MountKind,
+    pub(crate) target: String,
+}
+
+pub(crate) enum MountKind {
+    /// Host directory, read-only or not.
+    Host(PathBuf, bool),
+    /// A fresh empty directory in the step's bundle.
+    Scratch,
+    /// An executable file with this content (a heredoc script).
+    Script(String),
+}
+
+impl RunMount {
+    /// `type=cache,target=/root/.cache/pip[,id=ID]`, `type=bind,source=S,
+    /// target=T` (from the context), `type=tmpfs,target=T`.
+    pub(crate) fn parse(
+        spec: &str,
+        context: &BuildContext,
+        cache_dir: &Path,
+    ) -> Result<RunMount, String> {
+        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            fields.insert(k.trim(), v.trim());
+        }
+        let target = fields
+            .get("target")
+            .or_else(|| fields.get("dst"))
+            .or_else(|| fields.get("destination"))
+            .filter(|t| t.starts_with('/'))
+            .ok_or_else(|| format!("--mount={spec}: needs an absolute target="))?;
+        let target = clean_abs(target);
+        let kind = match fields.get("type").copied().unwrap_or("bind") {
+            "cache" => {
+                let id = fields.get("id").copied().unwrap_or(&target);
+                let dir = cache_dir
+                    .join("mounts")
+                    .join(Digest::of(id.as_bytes()).hex());
+                fs::create_dir_all(&dir).map_err(|e| format!("--mount={spec}: {e}"))?;
+                MountKind::Host(dir, false)
+            }
+            "bind" => {
+                if fields.contains_key("from") {
+                    return Err(format!("--mount={spec}: from= is not supported yet"));
+                }
+                let source = fields
+                    .get("source")
+                    .or_else(|| fields.get("src"))
+                    .copied()
+                    .unwrap_or(".");
+                let found = context.expand_source(source).map_err(|e| e.to_string())?;
+                let [rel] = found.as_slice() else {
+                    return Err(format!("--mount={spec}: source must name one path"));
+                };
+                MountKind::Host(context.root().join(rel), true)
+            }
+            "tmpfs" => MountKind::Scratch,
+            other => return Err(format!("--mount=type={other} is not supported")),
+        };
+        Ok(RunMount { kind, target })
+    }
+
+    pub(crate) fn bind(
+        &self,
+        bundle: &Path,
+        n: usize,
+    ) -> io::Result<skiff_runtime::spec::BindMount> {
+        let (source, readonly) = match &self.kind {
+            MountKind::Host(p, ro) => (p.clone(), *ro),
+            MountKind::Scratch => {
+                let dir = bundle.join(format!("tmpfs-{n}"));
+                fs::create_dir(&dir)?;
+                (dir, false)
+            }
+            MountKind::Script(content) => {
+                use std::os::unix::fs::PermissionsExt;
+                let file = bundle.join(format!("script-{n}"));
+                fs::write(&file, content)?;
+                fs::set_permissions(&file, fs::Permissions::from_mode(0o755))?;
+                (file, true)
+            }
+        };
+        Ok(skiff_runtime::spec::BindMount {
+            source,
+            destination: self.target.clone(),
+            readonly,
+        })
+    }
+}
+
+/// The argv of a RUN: exec form as is; shell form under the SHELL, with
+/// heredocs as BuildKit runs them (a lone `<<EOF` is the script itself;
+/// otherwise the shell gets the command and the bodies and handles the
+/// redirection).
+pub(crate) fn run_argv(
+    config: &ImageConfig,
+    cmd: &CommandLine,
+    heredocs: &[Heredoc],
+) -> Vec<String> {
+    match cmd {
+        CommandLine::Exec(argv) => argv.clone(),
+        CommandLine::Shell(text) => {
+            let script = if heredocs.len() == 1 && is_lone_marker(text.trim(), &heredocs[0]) {
+                heredocs[0].content.clone()
+            } else if heredocs.is_empty() {
+                text.clone()
+            } else {
+                let mut s = text.clone();
+                for h in heredocs {
+                    s.push('\n');
+                    s.push_str(&h.content);
+                    s.push_str(&h.name);
+                }
+                s
+            };
+            config.argv(&CommandLine::Shell(script))
+        }
+    }
+}
+
+/// The heredoc of a RUN that is only `<<EOF` and whose body starts with `#!`.
+pub(crate) fn shebang_script<'h>(
+    cmd: &CommandLine,
+    heredocs: &'h [Heredoc],
+) -> Option<&'h Heredoc> {
+    match (cmd, heredocs) {
+        (CommandLine::Shell(text), [h]) if is_lone_marker(text.trim(), h) => {
+            h.content.starts_with("#!").then_some(h)
+        }
+        _ => None,
+    }
+}
+
+/// What the kernel would run for `script` at `path`: the interpreter, its
+/// one optional argument (the rest of the `#!` line), then the path. Spelt
+/// out so the runtime's spec builder can check the interpreter exists.
+pub(crate) fn shebang_argv(script: &str, path: String) -> Vec<String> {
+    let line = script
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("#!")
+        .trim();
+    let mut argv: Vec<String> = match line.split_once([' ', '\t']) {
+        Some((interp, arg)) if !arg.trim().is_empty() => vec![interp.into(), arg.trim().into()],
+        _ => vec![line.to_string()],
+    };
+    argv.push(path);
+    argv
+}
+
+fn is_lone_marker(text: &str, h: &Heredoc) -> bool {
+    let rest = text.trim_start_matches("<<").trim_start_matches('-');
+    let rest = rest.trim_matches(|c| c == '"' || c == '\'');
+    text.starts_with("<<") && rest == h.name
 }
 
 /// Lines of output kept for the error message of a failed step.
@@ -224,6 +394,37 @@ fn pump(mut reader: impl Read, output: &mut dyn FnMut(&[u8])) -> io::Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_heredocs_as_buildkit() {
+        let c = ImageConfig::scratch("linux", "amd64");
+        let h = Heredoc {
+            name: "EOF".into(),
+            content: "echo a\necho b\n".into(),
+            expand: true,
+            chomp: false,
+            fd: None,
+        };
+        let argv = run_argv(
+            &c,
+            &CommandLine::Shell("<<EOF".into()),
+            std::slice::from_ref(&h),
+        );
+        assert_eq!(argv, vec!["/bin/sh", "-c", "echo a\necho b\n"]);
+        let argv = run_argv(&c, &CommandLine::Shell("python3 <<EOF".into()), &[h]);
+        assert_eq!(argv[2], "python3 <<EOF\necho a\necho b\nEOF");
+        assert_eq!(
+            shebang_argv(
+                "#!/usr/bin/env python3\nprint(1)\n",
+                "/dev/pipes/EOF".into()
+            ),
+            vec!["/usr/bin/env", "python3", "/dev/pipes/EOF"]
+        );
+        assert_eq!(
+            shebang_argv("#!/bin/sh\n", "/p".into()),
+            vec!["/bin/sh", "/p"]
+        );
+    }
 
     #[test]
     fn keeps_the_last_lines() {
