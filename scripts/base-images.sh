@@ -5,7 +5,8 @@
 #   docker.io/library/debian:bookworm-slim  debian-bookworm-slim.tar
 #       debootstrap --variant=minbase from the Debian mirror, cleaned
 #   docker.io/library/python:3.11-slim      python-3.11-slim.tar
-#       that + Debian's python3 (3.11), pip, ca-certificates; `python`, `pip`
+#       that + Debian's python3 (3.11), pip, venv, ca-certificates (and the
+#       host's extra CAs, for a TLS-intercepting proxy); `python`, `pip`
 #   public.ecr.aws/lambda/python:3.11       lambda-python-3.11.tar
 #       that + awslambdaric (AWS's runtime interface client, from PyPI),
 #       /var/task, ENTRYPOINT /lambda-entrypoint.sh (python3 -m awslambdaric)
@@ -58,7 +59,7 @@ wanted() { [[ " ${WANT[*]} " == *" $1 "* ]]; }
 need() { ((FORCE)) || [[ ! -s $1 ]]; }
 # The python tree's recipe version: bump it when ensure_python_root changes,
 # so machines with an older cache rebuild the python-based images once.
-PY_REV=2
+PY_REV=3
 stale() { [[ $(cat "$1.rev" 2>/dev/null) != "$PY_REV" ]]; }
 
 # Nothing to do: no root, no lock, no apt needed.
@@ -198,12 +199,12 @@ ensure_python_root() {
     ensure_debian_root
     work_copy "$DEBIAN_ROOT" python
     local w=$WORK/python
-    log "installing python3, python3-pip, ca-certificates (apt in a chroot)"
+    log "installing python3, python3-pip, python3-venv, ca-certificates (apt in a chroot)"
     cp /etc/resolv.conf "$w/etc/resolv.conf"
     mount -t proc proc "$w/proc"
     {
       in_root "$w" apt-get "${APT_OPTS[@]}" update -q &&
-        in_root "$w" apt-get "${APT_OPTS[@]}" install -y -q python3 python3-pip ca-certificates
+        in_root "$w" apt-get "${APT_OPTS[@]}" install -y -q python3 python3-pip python3-venv ca-certificates
     } >"$CACHE/python-apt.log" 2>&1 || {
       tail -20 "$CACHE/python-apt.log" >&2
       log "apt-get in the python tree failed; the whole log is $CACHE/python-apt.log"

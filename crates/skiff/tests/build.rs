@@ -510,7 +510,7 @@ fn onbuild_triggers_run_in_the_child_build_with_its_context() {
 }
 
 #[test]
-fn heredoc_scripts_run_by_their_shebang_or_the_shell() {
+fn heredoc_scripts_run_by_their_shebang_or_the_shell_and_venv_works() {
     let s = Skiff::new();
     s.ok(&["load", "-q", "-i", base_image("python").to_str().unwrap()]);
     let ctx = tempfile::tempdir().unwrap();
@@ -520,12 +520,13 @@ fn heredoc_scripts_run_by_their_shebang_or_the_shell() {
          RUN <<EOF\n#!/usr/bin/env python3\nimport sys\nopen('/py.txt', 'w').write('python %d\\n' % sys.version_info[0])\nEOF\n\
          RUN <<-SCRIPT\n\tset -e\n\techo \"shell heredoc\" > /sh.txt\n\tSCRIPT\n\
          RUN cat > /cat.txt <<'EOT'\nliteral $HOME\nEOT\n\
-         CMD cat /py.txt /sh.txt /cat.txt\n",
+         RUN python -m venv /opt/venv && /opt/venv/bin/pip --version > /venv.txt\n\
+         CMD cat /py.txt /sh.txt /cat.txt && grep -c /opt/venv /venv.txt\n",
     )
     .unwrap();
     built_id(&build(&s, ctx.path(), &["-q", "-t", "heredocs"]));
     assert_eq!(
         s.ok(&["run", "--rm", "heredocs"]),
-        "python 3\nshell heredoc\nliteral $HOME\n"
+        "python 3\nshell heredoc\nliteral $HOME\n1\n"
     );
 }
