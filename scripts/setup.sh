@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
 cargo build --release --locked -p skiff
-install -m 0755 target/release/skiff /usr/local/bin/skiff
+install -m 0755 "${CARGO_TARGET_DIR:-target}/release/skiff" /usr/local/bin/skiff
 
 gateway=${SKIFF_GATEWAY:-127.0.0.1:8080}
 admin=${SKIFF_ADMIN:-127.0.0.1:8081}
