@@ -155,6 +155,9 @@ pub enum Command {
         /// Lambda API then takes only requests signed with one of its keys.
         #[arg(long, value_name = "FILE")]
         aws_credentials: Option<PathBuf>,
+        /// Async worker threads (default: one per CPU but one, at least one).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: Option<u16>,
     },
     /// Deploy a new revision of a service (creating the service).
     Deploy(Box<DeployArgs>),
@@ -407,6 +410,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
             admin,
             control,
             aws_credentials,
+            workers,
         } => crate::serve::serve(
             &ctx,
             crate::serve::ServeOptions {
@@ -414,6 +418,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
                 admin,
                 control,
                 aws_credentials,
+                workers: workers.map(usize::from),
             },
         ),
         Command::Deploy(args) => crate::client::deploy(&ctx, *args).map(|_| 0),
