@@ -245,27 +245,23 @@ pub struct ServeOptions {
     /// An AWS shared-credentials file: the Lambda API then takes only
     /// requests signed (SigV4) with one of its keys.
     pub aws_credentials: Option<PathBuf>,
-    /// Async worker threads (default: one per CPU but one).
+    /// Async worker threads (default [`DEFAULT_WORKERS`]).
     pub workers: Option<usize>,
 }
 
-/// One async worker per CPU but one: the daemon shares the machine with
-/// the instances it proxies to (and, on a small box, the load generator),
-/// and on 2 CPUs a second worker costs the gateway's p99 more than it adds
-/// (bench/serving warm: p99 3.6 ms with 2 workers, 1.4 ms with one, same
-/// throughput). Container starts and file work run on the blocking pool.
-fn default_workers() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get().saturating_sub(1))
-        .max(1)
-}
+/// Async worker threads unless `--workers` says otherwise. One worker gives
+/// the gateway a better p99 on 2 CPUs (bench/serving warm: 1.4-1.6 ms
+/// against 3.6 ms, same throughput), but then any blocking call left on
+/// the async path would stall every request, so two stay the default until
+/// that path is audited.
+const DEFAULT_WORKERS: usize = 2;
 
 pub fn serve(ctx: &Context, opts: ServeOptions) -> Result<u8> {
     require_root("skiff serve")?;
     // Creates the data directory and the database before anything listens.
     ctx.state()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.workers.unwrap_or_else(default_workers))
+        .worker_threads(opts.workers.unwrap_or(DEFAULT_WORKERS))
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
