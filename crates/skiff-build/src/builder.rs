@@ -273,7 +273,7 @@ impl<'a> Builder<'a> {
         self.env.no_cache = opts.no_cache;
         // Nothing may collect our blobs and layers before the image is named.
         let _lease = self.env.store.lease()?;
-        sweep_stale(&self.env.work_root);
+        sweep_stale(&self.env.work_root, self.env.runtime);
         fs::create_dir_all(&self.env.cache_dir)
             .map_err(|e| BuildFailure::Input(format!("cannot create build cache: {e}")))?;
 
@@ -391,6 +391,7 @@ impl<'a> Builder<'a> {
                         Some(n) => n.parse::<RunNetwork>().map_err(fail)?,
                         None => opts.network,
                     };
+                    let workdir = state.config.workdir();
                     let mounts = inst
                         .flags
                         .iter()
@@ -400,10 +401,17 @@ impl<'a> Builder<'a> {
                                 f.value.as_deref().unwrap_or(""),
                                 context,
                                 &self.env.cache_dir,
+                                &workdir,
                             )
                         })
                         .collect::<Result<Vec<_>, String>>()
                         .map_err(fail)?;
+                    // A bound file's content and the network are part of
+                    // what the step does.
+                    let bound: Vec<&str> =
+                        mounts.iter().filter_map(RunMount::content_key).collect();
+                    key["mounts"] = serde_json::json!(bound);
+                    key["network"] = serde_json::json!(network == RunNetwork::None);
                     if inst.flag("security").is_some_and(|s| s != "sandbox") {
                         return Err(fail("--security=insecure is not supported".into()));
                     }
@@ -1024,11 +1032,15 @@ impl Scratch {
         let mut b = [0u8; 6];
         fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
         let id = hex::encode(b);
-        let dir = root.join(&id);
-        fs::create_dir(&dir)?;
-        let lock = fs::File::create(dir.join(".lock"))?;
+        // Made under a dot name and renamed once locked, so a sweep never
+        // sees it unlocked.
+        let new = root.join(format!(".new-{id}"));
+        fs::create_dir(&new)?;
+        let lock = fs::File::create(new.join(".lock"))?;
         let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|(_, e)| io::Error::from(e))?;
+        let dir = root.join(&id);
+        fs::rename(&new, &dir)?;
         Ok(Scratch {
             id,
             dir,
@@ -1054,19 +1066,31 @@ fn remove_scratch(dir: &Path) {
     }
 }
 
-/// Removes scratch directories of builds that died (their lock is free).
-fn sweep_stale(root: &Path) {
+/// Removes scratch directories of builds that died (their lock is free),
+/// with the RUN container and cgroup such a build may have left. The lock
+/// is held while removing, so a build cannot take the directory meanwhile.
+fn sweep_stale(root: &Path, runtime: &OciRuntime) {
     let Ok(entries) = fs::read_dir(root) else {
         return;
     };
     for e in entries.flatten() {
-        let dir = e.path();
-        let free = fs::File::open(dir.join(".lock")).map_or(true, |f| {
-            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
-        });
-        if free {
-            remove_scratch(&dir);
+        let name = e.file_name().to_string_lossy().into_owned();
+        // `.new-*`: still being made by `Scratch::new`.
+        if name.starts_with('.') {
+            continue;
         }
+        let dir = e.path();
+        let lock = fs::File::open(dir.join(".lock")).ok().and_then(|f| {
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+        });
+        if lock.is_none() && dir.join(".lock").exists() {
+            continue;
+        }
+        let id = format!("build-{name}");
+        let _ = runtime.delete(&id, true);
+        skiff_runtime::cgroups::remove_cgroup(&format!("/skiff/{id}"));
+        remove_scratch(&dir);
+        drop(lock);
     }
 }
 

@@ -147,11 +147,10 @@ pub fn copy_entries(
             EntryKind::Dir => {
                 // An existing directory, or a symlink to one inside the
                 // root (`/bin -> usr/bin`), is written into as it is.
+                // It keeps its owner and mode, as with BuildKit: only what
+                // the copy creates takes the source's (or --chown's).
                 let resolved = resolve_in_root(root, &in_root)?;
                 if resolved.is_dir() {
-                    if existing.as_ref().is_some_and(|m| m.is_dir()) {
-                        apply_meta(&resolved, entry, opts, false)?;
-                    }
                     continue;
                 }
                 if existing.is_some() {
@@ -187,7 +186,7 @@ pub fn copy_entries(
                 continue;
             }
         };
-        apply_meta(&target, entry, opts, true)?;
+        apply_meta(&target, entry, opts)?;
     }
     Ok(())
 }
@@ -208,42 +207,32 @@ fn copy_file(src: &Path, dst: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Owner, mode and mtime of a copied entry; `fresh` is false for a
-/// directory that existed before (it keeps its owner and mode unless the
-/// copy says otherwise).
-fn apply_meta(host: &Path, entry: &Entry, opts: &CopyOptions, fresh: bool) -> io::Result<()> {
-    let is_link = matches!(entry.kind, EntryKind::Symlink { .. });
+/// Owner, mode and mtime of an entry the copy created.
+fn apply_meta(host: &Path, entry: &Entry, opts: &CopyOptions) -> io::Result<()> {
     let owner = match (opts.chown, opts.preserve_owner) {
-        (Some(o), _) => Some(o),
+        (Some(o), _) => o,
         (None, true) => {
             let m = fs::symlink_metadata(&entry.path)?;
-            Some((m.uid(), m.gid()))
+            (m.uid(), m.gid())
         }
-        (None, false) => fresh.then_some((0, 0)),
+        (None, false) => (0, 0),
     };
-    if let Some((uid, gid)) = owner {
-        chown(host, uid, gid).map_err(|e| err(host, "cannot chown", e))?;
+    chown(host, owner.0, owner.1).map_err(|e| err(host, "cannot chown", e))?;
+    if !matches!(entry.kind, EntryKind::Symlink { .. }) {
+        let mode = opts.chmod.unwrap_or(entry.mode);
+        fs::set_permissions(host, fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| err(host, "cannot chmod", e))?;
     }
-    if !is_link {
-        let mode = opts.chmod.or(fresh.then_some(entry.mode));
-        if let Some(mode) = mode {
-            fs::set_permissions(host, fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(|e| err(host, "cannot chmod", e))?;
-        }
-    }
-    if fresh {
-        let (secs, nanos) = entry.mtime;
-        let t = TimeSpec::new(secs, nanos);
-        utimensat(
-            nix::fcntl::AT_FDCWD,
-            host,
-            &t,
-            &t,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| err(host, "cannot set times of", e.into()))?;
-    }
-    Ok(())
+    let (secs, nanos) = entry.mtime;
+    let t = TimeSpec::new(secs, nanos);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        host,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| err(host, "cannot set times of", e.into()))
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
@@ -310,6 +299,16 @@ pub fn archive_media_type(file: &Path) -> io::Result<Option<&'static str>> {
     let mut head = [0u8; 8];
     let mut f = File::open(file)?;
     let n = f.read(&mut head)?;
+    // Recognised, so never copied as a plain file by mistake.
+    if head[..n].starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) || head[..n].starts_with(b"BZh") {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: ADD cannot unpack xz or bzip2 archives yet (gzip, zstd and plain tar work)",
+                file.display()
+            ),
+        ));
+    }
     let media = match Compression::sniff(&head[..n]) {
         Compression::Gzip => mt::OCI_LAYER_GZIP,
         Compression::Zstd => mt::OCI_LAYER_ZSTD,

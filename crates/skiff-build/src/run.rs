@@ -91,6 +91,11 @@ pub(crate) struct RunMount {
 pub(crate) enum MountKind {
     /// Host directory, read-only or not.
     Host(PathBuf, bool),
+    /// Part of the build context (its walk), copied into the bundle.
+    Context {
+        entries: Vec<crate::context::Entry>,
+        digest: String,
+    },
     /// A fresh empty directory in the step's bundle.
     Scratch,
     /// An executable file with this content (a heredoc script).
@@ -98,12 +103,14 @@ pub(crate) enum MountKind {
 }
 
 impl RunMount {
-    /// `type=cache,target=/root/.cache/pip[,id=ID]`, `type=bind,source=S,
-    /// target=T` (from the context), `type=tmpfs,target=T`.
+    /// `type=cache,target=/root/.cache/pip[,id=ID][,uid=U,gid=G,mode=M]`,
+    /// `type=bind,source=S,target=T` (from the context), `type=tmpfs,target=T`;
+    /// a relative target is below `workdir`.
     pub(crate) fn parse(
         spec: &str,
         context: &BuildContext,
         cache_dir: &Path,
+        workdir: &str,
     ) -> Result<RunMount, String> {
         let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
         for part in spec.split(',') {
@@ -114,9 +121,20 @@ impl RunMount {
             .get("target")
             .or_else(|| fields.get("dst"))
             .or_else(|| fields.get("destination"))
-            .filter(|t| t.starts_with('/'))
-            .ok_or_else(|| format!("--mount={spec}: needs an absolute target="))?;
-        let target = clean_abs(target);
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| format!("--mount={spec}: needs a target="))?;
+        let target = if target.starts_with('/') {
+            clean_abs(target)
+        } else {
+            clean_abs(&format!("{workdir}/{target}"))
+        };
+        let number = |key: &str, radix: u32, default: u32| -> Result<u32, String> {
+            match fields.get(key) {
+                None => Ok(default),
+                Some(v) => u32::from_str_radix(v, radix)
+                    .map_err(|_| format!("--mount={spec}: {key}={v} is not a number")),
+            }
+        };
         let kind = match fields.get("type").copied().unwrap_or("bind") {
             "cache" => {
                 let id = fields.get("id").copied().unwrap_or(&target);
@@ -124,6 +142,16 @@ impl RunMount {
                     .join("mounts")
                     .join(Digest::of(id.as_bytes()).hex());
                 fs::create_dir_all(&dir).map_err(|e| format!("--mount={spec}: {e}"))?;
+                // BuildKit's defaults: root-owned, 0755; a build running as
+                // another USER says uid=/gid=/mode=.
+                let (uid, gid) = (number("uid", 10, 0)?, number("gid", 10, 0)?);
+                let mode = number("mode", 8, 0o755)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                    .and_then(|()| {
+                        fs::set_permissions(&dir, fs::Permissions::from_mode(mode & 0o7777))
+                    })
+                    .map_err(|e| format!("--mount={spec}: {e}"))?;
                 MountKind::Host(dir, false)
             }
             "bind" => {
@@ -139,12 +167,29 @@ impl RunMount {
                 let [rel] = found.as_slice() else {
                     return Err(format!("--mount={spec}: source must name one path"));
                 };
-                MountKind::Host(context.root().join(rel), true)
+                // What .dockerignore leaves, copied: the step never sees an
+                // excluded file, and no link is followed at mount time.
+                let entries = context.walk(rel).map_err(|e| e.to_string())?;
+                let digest = context
+                    .digest(std::slice::from_ref(rel))
+                    .map_err(|e| e.to_string())?;
+                MountKind::Context {
+                    entries,
+                    digest: digest.to_string(),
+                }
             }
             "tmpfs" => MountKind::Scratch,
             other => return Err(format!("--mount=type={other} is not supported")),
         };
         Ok(RunMount { kind, target })
+    }
+
+    /// What the mounted content adds to the step's cache key.
+    pub(crate) fn content_key(&self) -> Option<&str> {
+        match &self.kind {
+            MountKind::Context { digest, .. } => Some(digest),
+            _ => None,
+        }
     }
 
     pub(crate) fn bind(
@@ -154,6 +199,12 @@ impl RunMount {
     ) -> io::Result<skiff_runtime::spec::BindMount> {
         let (source, readonly) = match &self.kind {
             MountKind::Host(p, ro) => (p.clone(), *ro),
+            MountKind::Context { entries, .. } => {
+                let dir = bundle.join(format!("bind-{n}"));
+                fs::create_dir(&dir)?;
+                crate::copy::copy_entries(&dir, entries, "/src", &Default::default())?;
+                (dir.join("src"), true)
+            }
             MountKind::Scratch => {
                 let dir = bundle.join(format!("tmpfs-{n}"));
                 fs::create_dir(&dir)?;

@@ -350,6 +350,12 @@ fn bad_builds_say_what_is_wrong_and_leave_nothing_behind() {
     let err = s.fails(&["build", "-q", "-t", "bad:1", ctx.path().to_str().unwrap()]);
     assert!(err.contains("outside"), "{err}");
 
+    // An xz archive is refused, never copied as a plain file.
+    let ctx = context(&[("Dockerfile", "FROM scratch\nADD rootfs.tar.xz /\n")]);
+    fs::write(ctx.path().join("rootfs.tar.xz"), b"\xfd7zXZ\x00rest").unwrap();
+    let err = s.fails(&["build", "-q", "-t", "bad:1", ctx.path().to_str().unwrap()]);
+    assert!(err.contains("cannot unpack xz or bzip2"), "{err}");
+
     // A failing RUN: its exit code and its last output, nothing tagged.
     let ctx = context(&[(
         "Dockerfile",
@@ -458,10 +464,13 @@ fn run_mounts_keep_a_cache_bind_the_context_and_stay_out_of_the_image() {
             "Dockerfile",
             "FROM scratch\nCOPY busybox /bin/busybox\n\
              RUN --mount=type=cache,target=/var/cache/thing [\"/bin/busybox\", \"sh\", \"-c\", \"echo x >> /var/cache/thing/runs; /bin/busybox wc -l < /var/cache/thing/runs > /runs-seen\"]\n\
-             RUN --mount=type=bind,source=data,target=/mnt/data --mount=type=tmpfs,target=/scratch [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /mnt/data/in > /copied && echo tmp > /scratch/t && ! /bin/busybox touch /mnt/data/new 2>/dev/null\"]\n\
-             CMD [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /runs-seen /copied; /bin/busybox ls /mnt /scratch /var/cache 2>&1 | /bin/busybox wc -l\"]\n",
+             RUN --mount=type=bind,source=data,target=/mnt/data --mount=type=tmpfs,target=/scratch [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /mnt/data/in > /copied && echo tmp > /scratch/t && ! /bin/busybox touch /mnt/data/new 2>/dev/null && ! /bin/busybox test -e /mnt/data/secret\"]\n\
+             RUN --mount=type=cache,target=/home/cache,uid=1000,gid=1001,mode=0700 [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox stat -c '%u:%g %a' /home/cache > /cache-owner\"]\n\
+             CMD [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /runs-seen /copied /cache-owner; /bin/busybox ls /mnt /scratch /var/cache 2>&1 | /bin/busybox wc -l\"]\n",
         ),
         ("data/in", "bound\n"),
+        ("data/secret", "ignored\n"),
+        (".dockerignore", "data/secret\n"),
     ]);
     built_id(&build(&s, ctx.path(), &["-q", "-t", "mounts:1"]));
     built_id(&build(
@@ -469,10 +478,24 @@ fn run_mounts_keep_a_cache_bind_the_context_and_stay_out_of_the_image() {
         ctx.path(),
         &["-q", "-t", "mounts:2", "--no-cache"],
     ));
-    // The cache mount saw both builds; nothing mounted is in the image
-    // (ls prints three "No such file or directory" lines).
-    assert_eq!(s.ok(&["run", "--rm", "mounts:1"]), "1\nbound\n3\n");
-    assert_eq!(s.ok(&["run", "--rm", "mounts:2"]), "2\nbound\n3\n");
+    // The cache mount saw both builds; .dockerignore holds for a bind;
+    // nothing mounted is in the image (ls prints three "No such file or
+    // directory" lines).
+    assert_eq!(
+        s.ok(&["run", "--rm", "mounts:1"]),
+        "1\nbound\n1000:1001 700\n3\n"
+    );
+    assert_eq!(
+        s.ok(&["run", "--rm", "mounts:2"]),
+        "2\nbound\n1000:1001 700\n3\n"
+    );
+    // A bound file is part of the step's cache key.
+    fs::write(ctx.path().join("data/in"), "changed\n").unwrap();
+    built_id(&build(&s, ctx.path(), &["-q", "-t", "mounts:3"]));
+    assert_eq!(
+        s.ok(&["run", "--rm", "mounts:3", "/bin/busybox", "cat", "/copied"]),
+        "changed\n"
+    );
     assert!(!ctx.path().join("data/new").exists());
 }
 
