@@ -571,7 +571,7 @@ impl Env<'_> {
     }
 
     /// A step that only changes the config (not counted as run or cached).
-    fn meta_step(&mut self, state: &mut StageState, key: serde_json::Value, text: &str) {
+    fn meta_step(&self, state: &mut StageState, key: serde_json::Value, text: &str) {
         let chain = Self::chain_of(&state.chain, &key);
         let created = match self.cache_get(&chain, false) {
             Some(e) => e.created,
@@ -622,11 +622,7 @@ impl Env<'_> {
         let scratch = Scratch::new(&self.work_root)?;
         let mut lowers = Vec::with_capacity(state.layers.len().max(1));
         for l in &state.layers {
-            lowers.push(
-                self.store
-                    .layer_dir(l)
-                    .map_err(|e| StepFailed::Other(e.to_string()))?,
-            );
+            lowers.push(self.store.layer_dir(l)?);
         }
         if lowers.is_empty() {
             let empty = scratch.dir.join("empty");
@@ -641,13 +637,12 @@ impl Env<'_> {
             &scratch.dir.join("work"),
             &rootfs,
             DIFF_MOUNT_OPTIONS,
-        )
-        .map_err(|e| StepFailed::Other(e.to_string()))?;
+        )?;
         let bundle = scratch.dir.join("bundle");
         fs::create_dir(&bundle)?;
         let id = format!("build-{}", scratch.id);
         let ok = action(&rootfs, &bundle, &id);
-        unmount(&rootfs).map_err(|e| StepFailed::Other(e.to_string()))?;
+        unmount(&rootfs)?;
         if !ok.map_err(StepFailed::Other)? {
             return Err(StepFailed::Aborted);
         }
@@ -655,21 +650,14 @@ impl Env<'_> {
         let layer = if crate::layer::is_empty(&upper)? {
             None
         } else {
-            let mut ingest = self
-                .store
-                .ingest_unknown()
-                .map_err(|e| StepFailed::Other(e.to_string()))?;
+            let mut ingest = self.store.ingest_unknown()?;
             // gzip as Docker's layers are (registries and `docker load`
             // expect it), at the fastest level: a build waits for this.
             let mut gz = flate2::write::GzEncoder::new(&mut ingest, flate2::Compression::fast());
             let (diff_id, _) = crate::layer::write_layer(&upper, &mut gz)?;
             gz.finish()?;
-            let (digest, size) = ingest
-                .commit()
-                .map_err(|e| StepFailed::Other(e.to_string()))?;
-            self.store
-                .adopt_layer_dir(&diff_id, &upper)
-                .map_err(|e| StepFailed::Other(e.to_string()))?;
+            let (digest, size) = ingest.commit()?;
+            self.store.adopt_layer_dir(&diff_id, &upper)?;
             Some(Layer {
                 digest,
                 diff_id,
@@ -733,6 +721,10 @@ enum StepFailed {
     Other(String),
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rootfs(#[from] skiff_runtime::rootfs::RootfsError),
 }
 
 fn parse_digest(s: &str) -> Result<Digest, StepFailed> {
@@ -807,28 +799,29 @@ impl<'a> Builder<'a> {
                 }
             },
         };
-        let (paths, content_key) = match &from {
+        // Each source is walked once: the walk is hashed for the cache key
+        // and, on a miss, copied.
+        let (paths, context_entries, content_key) = match &from {
             Source::Context => {
-                let mut paths = Vec::new();
+                let mut walks = Vec::new();
                 for s in sources {
                     if s.contains("://") {
                         return Err(format!("ADD from a URL ({s}) is not supported yet"));
                     }
-                    paths.extend(context.expand_source(s).map_err(|e| e.to_string())?);
+                    for rel in context.expand_source(s).map_err(|e| e.to_string())? {
+                        let entries = context.walk(&rel).map_err(|e| e.to_string())?;
+                        walks.push((rel, entries));
+                    }
                 }
-                let digest = context.digest(&paths).map_err(|e| e.to_string())?;
-                (paths, digest.to_string())
+                let digest = BuildContext::digest_walks(&walks).map_err(|e| e.to_string())?;
+                let (paths, entries) = walks.into_iter().unzip();
+                (paths, entries, digest.to_string())
             }
-            Source::Layers { key, .. } => {
-                (sources.iter().map(PathBuf::from).collect(), key.clone())
-            }
-        };
-        let context_entries = match &from {
-            Source::Context => paths
-                .iter()
-                .map(|p| context.walk(p).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, _>>()?,
-            Source::Layers { .. } => Vec::new(),
+            Source::Layers { key, .. } => (
+                sources.iter().map(PathBuf::from).collect(),
+                Vec::new(),
+                key.clone(),
+            ),
         };
         Ok(CopyPlan {
             from,

@@ -218,14 +218,24 @@ impl BuildContext {
     /// owners. It is the build cache key: `touch` must not invalidate it,
     /// any content or mode change must. The source names count, in order.
     pub fn digest(&self, sources: &[PathBuf]) -> Result<Digest, ContextError> {
+        let walks = sources
+            .iter()
+            .map(|s| Ok((s.clone(), self.walk(s)?)))
+            .collect::<Result<Vec<_>, ContextError>>()?;
+        Self::digest_walks(&walks)
+    }
+
+    /// [`BuildContext::digest`] of sources already walked: each source
+    /// with what [`BuildContext::walk`] gave for it.
+    pub fn digest_walks(walks: &[(PathBuf, Vec<Entry>)]) -> Result<Digest, ContextError> {
         let mut w = DigestWriter::new(io::sink());
         let hashing = |e| io_err(Path::new("<digest>"))(e);
         w.write_all(b"skiff-context-v1").map_err(hashing)?;
-        for source in sources {
+        for (source, entries) in walks {
             w.write_all(b"S").map_err(hashing)?;
             field(&mut w, source.as_os_str().as_bytes()).map_err(hashing)?;
-            for e in self.walk(source)? {
-                hash_entry(&mut w, &e)?;
+            for e in entries {
+                hash_entry(&mut w, e)?;
             }
         }
         Ok(w.finish().1)
@@ -391,24 +401,34 @@ impl BuildContext {
 }
 
 fn entry(rel: PathBuf, path: PathBuf, meta: &Metadata) -> Result<Entry, ContextError> {
-    let ft = meta.file_type();
-    let kind = if ft.is_symlink() {
-        let target = fs::read_link(&path).map_err(io_err(&path))?;
-        EntryKind::Symlink { target }
-    } else if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_file() {
-        EntryKind::File { size: meta.len() }
-    } else {
-        EntryKind::Other
-    };
-    Ok(Entry {
-        rel,
-        path,
-        kind,
-        mode: meta.mode() & 0o7777,
-        mtime: (meta.mtime(), meta.mtime_nsec()),
-    })
+    let at = path.clone();
+    Entry::from_metadata(rel, path, meta).map_err(io_err(&at))
+}
+
+impl Entry {
+    /// The entry for `path`, whose `lstat` is `meta` (a link's target is
+    /// read, never followed).
+    pub(crate) fn from_metadata(rel: PathBuf, path: PathBuf, meta: &Metadata) -> io::Result<Entry> {
+        let ft = meta.file_type();
+        let kind = if ft.is_symlink() {
+            EntryKind::Symlink {
+                target: fs::read_link(&path)?,
+            }
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File { size: meta.len() }
+        } else {
+            EntryKind::Other
+        };
+        Ok(Entry {
+            rel,
+            path,
+            kind,
+            mode: meta.mode() & 0o7777,
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        })
+    }
 }
 
 /// Writes a length-prefixed field, so no two different inputs hash alike.

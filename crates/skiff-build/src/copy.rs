@@ -260,24 +260,7 @@ pub fn walk_in_root(root: &Path, path: &str) -> io::Result<Vec<Entry>> {
 fn walk_host(host: &Path, rel: PathBuf, out: &mut Vec<Entry>) -> io::Result<()> {
     let m = fs::symlink_metadata(host)?;
     let ft = m.file_type();
-    let kind = if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_file() {
-        EntryKind::File { size: m.len() }
-    } else if ft.is_symlink() {
-        EntryKind::Symlink {
-            target: fs::read_link(host)?,
-        }
-    } else {
-        EntryKind::Other
-    };
-    out.push(Entry {
-        rel: rel.clone(),
-        path: host.to_path_buf(),
-        kind,
-        mode: m.mode() & 0o7777,
-        mtime: (m.mtime(), m.mtime_nsec()),
-    });
+    out.push(Entry::from_metadata(rel.clone(), host.to_path_buf(), &m)?);
     if ft.is_dir() {
         let mut names: Vec<_> = fs::read_dir(host)?
             .map(|e| e.map(|e| e.file_name()))

@@ -169,10 +169,9 @@ impl RunMount {
                 };
                 // What .dockerignore leaves, copied: the step never sees an
                 // excluded file, and no link is followed at mount time.
-                let entries = context.walk(rel).map_err(|e| e.to_string())?;
-                let digest = context
-                    .digest(std::slice::from_ref(rel))
-                    .map_err(|e| e.to_string())?;
+                let walk = [(rel.clone(), context.walk(rel).map_err(|e| e.to_string())?)];
+                let digest = BuildContext::digest_walks(&walk).map_err(|e| e.to_string())?;
+                let [(_, entries)] = walk;
                 MountKind::Context {
                     entries,
                     digest: digest.to_string(),

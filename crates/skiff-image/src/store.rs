@@ -312,7 +312,7 @@ impl Store {
         for dir in [
             store.root.clone(),
             store.blobs_dir(),
-            store.root.join("layers"),
+            store.layers_dir(),
             store.tmp_dir(),
         ] {
             fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
@@ -845,7 +845,7 @@ impl Store {
             }
         }
 
-        let dir = self.root.join("layers");
+        let dir = self.layers_dir();
         for entry in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
             let entry = entry.map_err(io_err("reading", &dir))?;
             let name = entry.file_name();
@@ -978,15 +978,23 @@ impl Store {
     /// when the layer is already there.
     pub fn adopt_layer_dir(&self, diff_id: &Digest, dir: &Path) -> Result<PathBuf, StoreError> {
         let target = self.layers_dir().join(diff_id.hex());
-        if target.is_dir() {
-            return Ok(target);
+        if !target.is_dir() {
+            self.publish_layer_dir(dir, &target)?;
         }
-        let fd = File::open(dir).map_err(io_err("opening", dir))?;
-        nix::unistd::syncfs(&fd).map_err(|e| io_err("syncing", dir)(errno(e)))?;
-        match fs::rename(dir, &target) {
-            Ok(()) => sync_dir(&self.layers_dir()).map(|()| target),
-            Err(_) if target.is_dir() => Ok(target),
-            Err(e) => Err(io_err("renaming a built layer to", &target)(e)),
+        Ok(target)
+    }
+
+    /// Moves the complete tree `from` to `to` in `layers/`. The rename
+    /// publishes it as complete, so its contents are synced first. When
+    /// another process published the same layer first, `from` stays where
+    /// it is and false is returned.
+    fn publish_layer_dir(&self, from: &Path, to: &Path) -> Result<bool, StoreError> {
+        let fd = File::open(from).map_err(io_err("opening", from))?;
+        nix::unistd::syncfs(&fd).map_err(|e| io_err("syncing", from)(errno(e)))?;
+        match fs::rename(from, to) {
+            Ok(()) => sync_dir(&self.layers_dir()).map(|()| true),
+            Err(_) if to.is_dir() => Ok(false),
+            Err(e) => Err(io_err("renaming a layer to", to)(e)),
         }
     }
 
@@ -1019,19 +1027,12 @@ impl Store {
                 actual,
             });
         }
-        // The rename publishes the layer as complete, so its contents must be
-        // on disk first.
-        let fd = File::open(tmp.path()).map_err(io_err("opening", tmp.path()))?;
-        nix::unistd::syncfs(&fd).map_err(|e| io_err("syncing", tmp.path())(errno(e)))?;
-        match fs::rename(tmp.path(), dir) {
-            Ok(()) => {
-                let _ = tmp.keep();
-                sync_dir(&self.root.join("layers"))
-            }
-            // Another process unpacked the same layer first; ours is dropped.
-            Err(_) if dir.is_dir() => Ok(()),
-            Err(e) => Err(io_err("renaming an unpacked layer to", dir)(e)),
+        // Not moved: another process unpacked the same layer first, and
+        // ours is dropped with `tmp`.
+        if self.publish_layer_dir(tmp.path(), dir)? {
+            let _ = tmp.keep();
         }
+        Ok(())
     }
 
     fn flock(&self, name: &str, arg: FlockArg) -> Result<Option<Flock<File>>, StoreError> {
