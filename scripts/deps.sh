@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   crun runc            # OCI runtimes (crun is the default)
+  libseccomp-dev pkg-config  # skiff links the libseccomp crun uses
   busybox-static       # the demo and test images are made from it
   iproute2             # ip(8), for looking at networks in tests
   docker-registry      # a real OCI distribution registry for tests

@@ -77,6 +77,8 @@ pub enum RunError {
     Spec(#[from] skiff_runtime::spec::SpecError),
     #[error("cannot run {runtime}: {source}")]
     Spawn { runtime: String, source: io::Error },
+    #[error(transparent)]
+    Oci(#[from] skiff_runtime::OciError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -363,8 +365,7 @@ pub fn run_step(
         .collect();
     stubs.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
     stubs.dedup();
-    let json = serde_json::to_vec(&spec).map_err(io::Error::other)?;
-    std::fs::write(step.bundle.join("config.json"), json)?;
+    runtime.write_config(step.bundle, &spec)?;
 
     let (reader, writer) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;

@@ -10,7 +10,7 @@
 //! 1. [`cgroups::prepare_host`] once per process (makes hybrid hosts usable by crun);
 //! 2. [`rootfs::mount_overlay`] the image layers onto `<dir>/rootfs`;
 //! 3. [`network::Network::setup`] for a private network namespace on `skiff0`;
-//! 4. [`spec::build_spec`] and write `<dir>/config.json`;
+//! 4. [`spec::build_spec`], then [`oci::OciRuntime::write_config`] into `<dir>`;
 //! 5. [`oci::OciRuntime::run_command`], wait (it exits with the container's status);
 //! 6. [`oci::OciRuntime::delete`], [`network::Network::teardown`],
 //!    [`rootfs::unmount`], [`cgroups::remove_cgroup`].

@@ -27,10 +27,15 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::str::FromStr;
 
 use nix::sys::signal::Signal;
+use oci_spec::runtime::Spec;
 use serde::Deserialize;
 
 /// Name of the runtime's log inside a bundle, written by `create` and `run`.
 pub const LOG_FILE: &str = "runtime.log";
+
+/// crun's annotation for a precompiled seccomp filter (base64 BPF); it
+/// then ignores the config's seccomp rules.
+pub const SECCOMP_BPF_ANNOTATION: &str = "run.oci.seccomp_bpf_data";
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -56,6 +61,8 @@ pub enum OciError {
     },
     #[error("unknown signal {0:?}")]
     InvalidSignal(String),
+    #[error("cannot write {path}: {source}")]
+    WriteConfig { path: PathBuf, source: io::Error },
 }
 
 /// Status as the runtime reports it.
@@ -157,6 +164,38 @@ impl OciRuntime {
 
     pub fn state_root(&self) -> &Path {
         &self.state_root
+    }
+
+    /// Writes `spec` as `<bundle>/config.json`.
+    ///
+    /// crun gets the seccomp filter already compiled, through its
+    /// `run.oci.seccomp_bpf_data` annotation: Debian's crun 1.8 compiles the
+    /// profile with libseccomp on every start (1.3 ms of a 10 ms start,
+    /// measured with bench/start), newer ones keep a cache of their own.
+    /// The rules stay in the config for other runtimes and for readers. A
+    /// profile that cannot be precompiled is left to crun, which then
+    /// reports the problem itself.
+    pub fn write_config(&self, bundle: &Path, spec: &Spec) -> Result<(), OciError> {
+        let mut spec = std::borrow::Cow::Borrowed(spec);
+        let profile = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        if let (Some(profile), "crun") = (profile, self.name.as_str()) {
+            let cache = self.state_root.with_extension("seccomp");
+            match crate::seccomp::compile(&profile, Some(&cache)) {
+                Ok(bpf) => {
+                    use base64::Engine as _;
+                    let data = base64::engine::general_purpose::STANDARD.encode(&bpf);
+                    let spec = spec.to_mut();
+                    let mut annotations = spec.annotations().clone().unwrap_or_default();
+                    annotations.insert(SECCOMP_BPF_ANNOTATION.to_string(), data);
+                    spec.set_annotations(Some(annotations));
+                }
+                Err(e) => tracing::debug!("{e}; crun compiles the profile itself"),
+            }
+        }
+        let path = bundle.join("config.json");
+        let json = serde_json::to_vec_pretty(&*spec).map_err(io::Error::other);
+        json.and_then(|j| std::fs::write(&path, j))
+            .map_err(|source| OciError::WriteConfig { path, source })
     }
 
     /// The binary with the global options; every command starts here.

@@ -14,12 +14,28 @@
 //! bad-arch action) and an x32 one gets EPERM, so nothing bypasses it;
 //! only 32-bit x86 binaries cannot run. [`profile_for`] takes the list for
 //! callers that need them.
+//!
+//! [`compile`] turns a profile into the BPF program the kernel loads, as
+//! crun does, so that crun can be handed the program instead of the rules
+//! (see [`crate::oci::OciRuntime::write_config`]).
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext};
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
     LinuxSeccompOperator, LinuxSyscall,
 };
 use oci_spec::OciSpecError;
+use skiff_core::Digest;
+
+/// A profile libseccomp cannot turn into a filter.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot compile the seccomp profile: {0}")]
+pub struct CompileError(String);
 
 /// Syscalls allowed with any arguments.
 #[rustfmt::skip]
@@ -171,6 +187,174 @@ pub fn profile_for(arches: &[Arch]) -> Result<LinuxSeccomp, OciSpecError> {
     profile.set_architectures(Some(arches.to_vec()));
     profile.set_syscalls(Some(syscalls));
     Ok(profile)
+}
+
+/// The BPF program for `profile`, as crun (1.8 to 1.20) builds it from the
+/// same rules with the same libseccomp: rules whose action is the default
+/// one are left out, unknown syscall names are skipped (the profile lists
+/// syscalls of other architectures and newer kernels), and a rule testing
+/// one argument twice becomes one rule per test. A test in
+/// tests/containers.rs checks the bytes against crun's own.
+///
+/// Compiling Docker's profile takes libseccomp over a millisecond, as long
+/// as the rest of `skiff run`'s own work, so programs are kept for the life
+/// of the process and, with `cache_dir`, in `<cache_dir>/<sha256 of the
+/// profile>.bpf` for the next one (a tmpfs under /run: gone at reboot,
+/// when libseccomp may have been upgraded).
+pub fn compile(
+    profile: &LinuxSeccomp,
+    cache_dir: Option<&Path>,
+) -> Result<Arc<[u8]>, CompileError> {
+    static MEMORY: OnceLock<Mutex<HashMap<String, Arc<[u8]>>>> = OnceLock::new();
+    let key = serde_json::to_string(profile).map_err(|e| CompileError(e.to_string()))?;
+    let memory = MEMORY.get_or_init(Default::default);
+    if let Some(bpf) = memory.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(bpf.clone());
+    }
+    let file = cache_dir.map(|d| d.join(format!("{}.bpf", Digest::of(key.as_bytes()).hex())));
+    let cached = file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .filter(|b| is_program(b));
+    let bpf: Arc<[u8]> = match cached {
+        Some(b) => b.into(),
+        None => {
+            let b = compile_uncached(profile)?;
+            if let Some(f) = &file {
+                if let Err(e) = store(f, &b) {
+                    tracing::debug!("cannot cache the seccomp filter in {}: {e}", f.display());
+                }
+            }
+            b.into()
+        }
+    };
+    memory
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, bpf.clone());
+    Ok(bpf)
+}
+
+/// A BPF program is a whole number of 8-byte instructions.
+fn is_program(b: &[u8]) -> bool {
+    !b.is_empty() && b.len().is_multiple_of(8)
+}
+
+/// Written whole or not at all: a reader never sees half a program.
+fn store(file: &Path, bpf: &[u8]) -> std::io::Result<()> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{}.{n}.tmp", std::process::id()));
+    std::fs::write(&tmp, bpf)?;
+    std::fs::rename(&tmp, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn compile_uncached(profile: &LinuxSeccomp) -> Result<Vec<u8>, CompileError> {
+    let fail =
+        |what: &str, e: libseccomp::error::SeccompError| CompileError(format!("{what}: {e}"));
+    let default = action(profile.default_action(), profile.default_errno_ret())?;
+    let mut ctx = ScmpFilterContext::new(default).map_err(|e| fail("seccomp_init", e))?;
+    for arch in profile.architectures().iter().flatten() {
+        let name = serde_json::to_value(arch)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let arch = ScmpArch::from_str(&name).map_err(|e| fail("architecture", e))?;
+        ctx.add_arch(arch).map_err(|e| fail("architecture", e))?;
+    }
+    for rule in profile.syscalls().iter().flatten() {
+        let act = action(rule.action(), rule.errno_ret())?;
+        if act == default {
+            continue;
+        }
+        let (mut tests, mut indices) = (Vec::new(), Vec::new());
+        for a in rule.args().iter().flatten() {
+            let index = u32::try_from(a.index())
+                .ok()
+                .filter(|i| *i < 6)
+                .ok_or_else(|| CompileError(format!("argument index {} is not 0-5", a.index())))?;
+            let (op, datum) = match a.op() {
+                LinuxSeccompOperator::ScmpCmpNe => (ScmpCompareOp::NotEqual, a.value()),
+                LinuxSeccompOperator::ScmpCmpLt => (ScmpCompareOp::Less, a.value()),
+                LinuxSeccompOperator::ScmpCmpLe => (ScmpCompareOp::LessOrEqual, a.value()),
+                LinuxSeccompOperator::ScmpCmpEq => (ScmpCompareOp::Equal, a.value()),
+                LinuxSeccompOperator::ScmpCmpGe => (ScmpCompareOp::GreaterEqual, a.value()),
+                LinuxSeccompOperator::ScmpCmpGt => (ScmpCompareOp::Greater, a.value()),
+                // OCI: `value` is the mask, `valueTwo` the expected result.
+                LinuxSeccompOperator::ScmpCmpMaskedEq => (
+                    ScmpCompareOp::MaskedEqual(a.value()),
+                    a.value_two().unwrap_or(0),
+                ),
+            };
+            tests.push(ScmpArgCompare::new(index, op, datum));
+            indices.push(index);
+        }
+        indices.sort_unstable();
+        let repeated = indices.windows(2).any(|w| w[0] == w[1]);
+        for name in rule.names() {
+            let Ok(nr) = libseccomp::ScmpSyscall::from_name(name) else {
+                continue;
+            };
+            let added = if repeated {
+                tests.iter().try_for_each(|t| {
+                    ctx.add_rule_conditional(act, nr, std::slice::from_ref(t))
+                        .map(drop)
+                })
+            } else {
+                ctx.add_rule_conditional(act, nr, &tests).map(drop)
+            };
+            added.map_err(|e| fail(name, e))?;
+        }
+    }
+    export(&ctx)
+}
+
+/// What crun maps each OCI action to; an errno defaults to EPERM.
+fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction, CompileError> {
+    let errno = errno.unwrap_or(EPERM);
+    Ok(match a {
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            ScmpAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
+        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(errno as i32),
+        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno as u16),
+        LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
+        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(CompileError(
+                "SCMP_ACT_NOTIFY needs a listener and cannot be precompiled".into(),
+            ))
+        }
+    })
+}
+
+/// The filter's BPF program; libseccomp 2.5 exports only to a file
+/// descriptor, so through a memfd.
+fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>, CompileError> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::io::{Read, Seek};
+    let mut f = memfd_create(c"skiff-seccomp", MFdFlags::MFD_CLOEXEC)
+        .map(std::fs::File::from)
+        .map_err(|e| CompileError(format!("memfd_create: {e}")))?;
+    ctx.export_bpf(&f)
+        .map_err(|e| CompileError(format!("export: {e}")))?;
+    let mut bpf = Vec::new();
+    f.rewind()
+        .and_then(|_| f.read_to_end(&mut bpf))
+        .map_err(|e| CompileError(format!("reading the filter back: {e}")))?;
+    if !is_program(&bpf) {
+        return Err(CompileError(format!(
+            "libseccomp exported {} bytes",
+            bpf.len()
+        )));
+    }
+    Ok(bpf)
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::{code, stderr, stdout, Fixture};
 use nix::sys::signal::Signal;
-use skiff_runtime::oci::{ContainerIo, ContainerStatus};
-use skiff_runtime::{cgroups, rootfs};
+use oci_spec::runtime::Arch;
+use skiff_runtime::oci::{ContainerIo, ContainerStatus, SECCOMP_BPF_ANNOTATION};
+use skiff_runtime::{cgroups, rootfs, seccomp};
 
 #[test]
 fn cgroup_moves_skip_the_rcu_wait() {
@@ -153,6 +154,45 @@ fn seccomp_and_privileges_are_docker_defaults() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn precompiled_seccomp_filter_is_the_one_crun_builds() {
+    let f = Fixture::new("bpf");
+    let mut spec = f.write_spec(&f.config(&["true"]));
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.bundle().join("config.json")).unwrap()).unwrap();
+    assert!(
+        written["annotations"][SECCOMP_BPF_ANNOTATION].is_string(),
+        "crun gets the filter precompiled"
+    );
+
+    // A profile no other test compiles (compiled programs are kept per
+    // process): Docker's with 32-bit x86 as well.
+    let profile = seccomp::profile_for(&[seccomp::NATIVE_ARCH, Arch::ScmpArchX86]).unwrap();
+    let cache = f.dir("seccomp-cache");
+    let ours = seccomp::compile(&profile, Some(&cache)).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "one cached program, no temporary left");
+    assert!(std::fs::read(files[0].path()).unwrap() == *ours);
+
+    // The same profile as rules: crun compiles them itself and keeps the
+    // program in its state directory.
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_seccomp(Some(profile));
+    std::fs::write(
+        f.bundle().join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
+    f.rt.create(&f.id, &f.bundle(), &f.dir("pid"), ContainerIo::default())
+        .unwrap();
+    let crun = std::fs::read(f.rt.state_root().join(&f.id).join("seccomp.bpf")).unwrap();
+    f.rt.delete(&f.id, true).unwrap();
+    assert_eq!(crun.len(), ours.len(), "program length");
+    assert!(crun == *ours, "the precompiled program differs from crun's");
 }
 
 #[test]

@@ -208,8 +208,8 @@ pub fn prepare(
         .as_ref()
         .and_then(|p| p.args().clone())
         .unwrap_or_default();
-    let config = serde_json::to_vec_pretty(&spec)?;
-    std::fs::write(dir.join("config.json"), config)?;
+    OciRuntime::new(&record.runtime, ctx.runtime_state_dir(&record.runtime))?
+        .write_config(&dir, &spec)?;
     Ok(Prepared { ip, command })
 }
 

@@ -116,13 +116,11 @@ impl Fixture {
         }
     }
 
+    /// Writes the config as Skiff does (for crun: with the seccomp filter
+    /// precompiled) and returns the spec as built.
     pub fn write_spec(&self, cfg: &RunConfig) -> oci_spec::runtime::Spec {
         let spec = build_spec(cfg, &self.rootfs()).unwrap();
-        std::fs::write(
-            self.bundle().join("config.json"),
-            serde_json::to_vec(&spec).unwrap(),
-        )
-        .unwrap();
+        self.rt.write_config(&self.bundle(), &spec).unwrap();
         spec
     }
 
