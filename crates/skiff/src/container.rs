@@ -103,6 +103,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         let opts = crate::monitor::Options {
             foreground: true,
             interactive: args.interactive,
+            forward_signals: true,
         };
         crate::monitor::run(ctx, &record, &runtime, prepared.ip, listeners, opts, None)
     }

@@ -11,7 +11,11 @@
 //! container exits it records the exit and releases what the container held.
 //!
 //! `skiff run` is the monitor of a foreground container; a detached one
-//! gets its own `skiff __monitor` process in a new session.
+//! gets its own `skiff __monitor` process in a new session. The daemon runs
+//! the monitors of its instances as threads of its own: an instance lives
+//! no longer than the daemon anyway (a new daemon removes what a killed one
+//! left), and a start saves the exec of a monitor process and its opening
+//! of the database, about 2.5 ms of a 16 ms cold start.
 
 use std::fs::File;
 use std::io::{BufRead, Write};
@@ -40,7 +44,16 @@ pub struct Options {
     pub foreground: bool,
     /// Pass our stdin to the container.
     pub interactive: bool,
+    /// Pass SIGINT, SIGTERM, SIGHUP and SIGQUIT on to the container: a
+    /// monitor with a process of its own does; one in the daemon must not
+    /// (those signals are the daemon's), and starts the runtime in a
+    /// process group of its own so a Ctrl-C meant for the daemon does not
+    /// reach the containers behind its back.
+    pub forward_signals: bool,
 }
+
+/// Told once whether the container runs (`Ok`) or why it could not start.
+pub type Notify = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// The processes signals go to: the runtime (which forwards them) and the
 /// container's init (for the final SIGKILL). 0 once the container is gone.
@@ -51,7 +64,7 @@ struct Targets {
 }
 
 /// Starts the container and waits for it; returns its exit code.
-/// `notify` (detached only) is told `ok` once the container runs, or the error.
+/// `notify` (detached only) is told once the container runs, or the error.
 pub fn run(
     ctx: &Context,
     record: &ContainerRecord,
@@ -59,20 +72,22 @@ pub fn run(
     ip: Option<Ipv4Addr>,
     listeners: Vec<(TcpListener, PortMapping)>,
     opts: Options,
-    mut notify: Option<File>,
+    mut notify: Option<Notify>,
 ) -> Result<u8> {
     // Blocked here (and so in every thread spawned after), taken by
     // `sigwait` in the forwarding thread, unblocked in the runtime child.
     let signals = forwarded_signals();
-    signals
-        .thread_block()
-        .context("cannot block signals for forwarding")?;
+    if opts.forward_signals {
+        signals
+            .thread_block()
+            .context("cannot block signals for forwarding")?;
+    }
     // A container that never ran is released whole, record included, and
     // the waiting `run -d` is told why.
     let mut abort = |e: anyhow::Error| {
         release(ctx, &record.id, runtime, true);
-        if let Some(n) = notify.as_mut() {
-            let _ = writeln!(n, "{e:#}");
+        if let Some(n) = notify.take() {
+            n(Err(format!("{e:#}")));
         }
         Err(e)
     };
@@ -90,8 +105,8 @@ pub fn run(
         return abort(e);
     }
     tracing::debug!(pid = started.pid, "container running");
-    if let Some(mut n) = notify.take() {
-        let _ = n.write_all(b"ok\n");
+    if let Some(n) = notify.take() {
+        n(Ok(()));
     }
     if let Some(ip) = ip {
         crate::proxy::serve(listeners, ip);
@@ -101,9 +116,11 @@ pub fn run(
         .runtime
         .store(started.child.id() as i32, Ordering::SeqCst);
     targets.init.store(started.pid, Ordering::SeqCst);
-    let t = targets.clone();
-    let foreground = opts.foreground;
-    std::thread::spawn(move || forward_signals(signals, t, foreground));
+    if opts.forward_signals {
+        let t = targets.clone();
+        let foreground = opts.foreground;
+        std::thread::spawn(move || forward_signals(signals, t, foreground));
+    }
 
     let status = started
         .child
@@ -161,13 +178,17 @@ fn start(
     if keep_log {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
-    unsafe {
-        cmd.pre_exec(|| {
-            // The forwarding mask must not reach the runtime or the container.
-            SigSet::empty()
-                .thread_set_mask()
-                .map_err(std::io::Error::from)
-        });
+    if opts.forward_signals {
+        unsafe {
+            cmd.pre_exec(|| {
+                // The forwarding mask must not reach the runtime or the container.
+                SigSet::empty()
+                    .thread_set_mask()
+                    .map_err(std::io::Error::from)
+            });
+        }
+    } else {
+        cmd.process_group(0);
     }
     tracing::debug!("starting the runtime");
     let mut child = cmd
@@ -389,10 +410,16 @@ pub fn detached_main(ctx: &Context, id: &str, notify_fd: i32, listen_fds: &[i32]
     }
     // SAFETY: the fds were handed to us open by `spawn_detached`, once each.
     let mut notify = unsafe { File::from_raw_fd(notify_fd) };
+    let tell: Notify = Box::new(move |started| {
+        let _ = match started {
+            Ok(()) => writeln!(notify, "ok"),
+            Err(why) => writeln!(notify, "{why}"),
+        };
+    });
     let record = match ctx.state()?.find_container(id)? {
         Some(r) => r,
         None => {
-            let _ = writeln!(notify, "container {id} vanished before it started");
+            tell(Err(format!("container {id} vanished before it started")));
             bail!("no such container: {id}");
         }
     };
@@ -406,6 +433,7 @@ pub fn detached_main(ctx: &Context, id: &str, notify_fd: i32, listen_fds: &[i32]
     let opts = Options {
         foreground: false,
         interactive: false,
+        forward_signals: true,
     };
-    run(ctx, &record, &runtime, ip, listeners, opts, Some(notify))
+    run(ctx, &record, &runtime, ip, listeners, opts, Some(tell))
 }

@@ -153,8 +153,8 @@ fn deploy_route_scale_to_zero_delete() {
     assert_eq!(s.leftovers(), Vec::<String>::new());
 }
 
-/// kill -9 of the daemon leaves its instances running (their monitors have
-/// their own sessions); the next daemon on the root removes them, then serves.
+/// kill -9 of the daemon leaves its instances running without a monitor;
+/// the next daemon on the root removes them, then serves.
 #[test]
 fn restart_after_sigkill_cleans_stale_instances() {
     let s = Skiff::new();
@@ -174,15 +174,26 @@ fn restart_after_sigkill_cleans_stale_instances() {
     let desc = s.ok(&["describe", "hello", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&desc).unwrap();
     let old = v["instances"][0]["name"].as_str().unwrap().to_string();
+    let addr: std::net::SocketAddr = v["instances"][0]["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     d.kill9();
-    // The instance outlives the daemon, still running.
-    let ps = s.ok(&["ps"]);
-    assert!(ps.contains(&old), "{ps}");
+    // The instance outlives the daemon, still listening.
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+        "the instance died with the daemon"
+    );
 
     let d = Daemon::start(&s);
     let ps = s.ok(&["ps", "-a"]);
     assert!(!ps.contains(&old), "{old} survived the restart:\n{ps}");
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "{old} still listens after the restart"
+    );
     let (code, head, body) = get(d.gateway, "127.0.0.1", "/hello/");
     assert_eq!(code, 200, "{head}\n{body}");
     assert!(body.contains("Hello from Skiff"), "{body}");

@@ -1,25 +1,23 @@
 //! Instances of a revision: starting one (a container record, a bundle,
-//! a detached monitor running `crun run`, a readiness probe: TCP connect,
+//! a monitor thread running `crun run`, a readiness probe: TCP connect,
 //! or an HTTP GET of the spec's readiness path), handing
 //! out leases on ready ones, and stopping them (SIGTERM, grace, SIGKILL).
 //!
 //! Each instance is an ordinary container (`skiff ps` lists it, named
-//! `REVISION-<5 hex>`) watched by its own `skiff __monitor` process, which
-//! records the exit and releases the rootfs, network and cgroup, and (the
-//! record being auto-remove) drops the record and the directory. Its
-//! output goes to `logs/<service>/<instance>.log`, which outlives it
-//! (`skiff logs SERVICE`). The daemon is the monitor's parent: a blocking thread waits for it, so a
-//! crash takes the instance out of rotation at once.
+//! `REVISION-<5 hex>`) watched by a monitor thread of the daemon (see
+//! [`crate::monitor`]), which records the exit and releases the rootfs,
+//! network and cgroup, and (the record being auto-remove) drops the record
+//! and the directory. Its output goes to `logs/<service>/<instance>.log`,
+//! which outlives it (`skiff logs SERVICE`). The monitor says at once when
+//! the container exits, so a crash takes the instance out of rotation.
 //!
-//! Instance records are marked with the owner `serve`. Monitors run in
-//! their own sessions, so instances outlive a daemon that was killed;
-//! the next daemon on the root removes them before it serves
-//! (`clean_stale`).
+//! Instance records are marked with the owner `serve`. A daemon that was
+//! killed leaves its containers running without a monitor; the next daemon
+//! on the root removes them before it serves (`clean_stale`).
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -640,15 +638,17 @@ fn gone(rev: &Revision, inst: &Instance) {
 /// a connection, it exits, or the service timeout passes.
 async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
     let r = rev.clone();
-    let (id, name, ip, child, lambda) = tokio::task::spawn_blocking(move || create(&r.root, &r))
+    let created = tokio::task::spawn_blocking(move || create(&r.root, &r))
         .await
         .context("instance start panicked")??;
-    let (tx, exited) = watch::channel(false);
-    tokio::task::spawn_blocking(move || {
-        let mut child = child;
-        let _ = child.wait();
-        let _ = tx.send(true);
-    });
+    let Created {
+        id,
+        name,
+        ip,
+        mut started,
+        exited,
+        lambda,
+    } = created;
     let addr = SocketAddr::from((ip, rev.spec.port));
     let inst = Arc::new(Instance {
         id,
@@ -666,9 +666,15 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
         }
         return ready.map(|_| inst);
     }
+    // Probed from the moment the monitor runs: the server may listen
+    // before the monitor has recorded that the container started.
     let deadline = Instant::now() + rev.spec.timeout;
     loop {
         if *inst.exited.borrow() {
+            // A container that never started says why through `started`.
+            if let Ok(Err(why)) = started.try_recv() {
+                anyhow::bail!("instance {}: {why}", inst.name);
+            }
             anyhow::bail!(
                 "instance {} exited before anything listened on port {}",
                 inst.name,
@@ -761,7 +767,17 @@ async fn probe(addr: SocketAddr, path: Option<&str>) -> bool {
 }
 
 /// The blocking half of a start: record, bundle, monitor.
-type Created = (String, String, Ipv4Addr, Child, Option<Arc<Slot>>);
+struct Created {
+    id: String,
+    name: String,
+    ip: Ipv4Addr,
+    /// The monitor's word on whether the container started.
+    started: oneshot::Receiver<Result<(), String>>,
+    /// Becomes true when the monitor is done: the container exited and
+    /// everything it held is released.
+    exited: watch::Receiver<bool>,
+    lambda: Option<Arc<Slot>>,
+}
 
 fn create(root: &Path, rev: &Revision) -> Result<Created> {
     let t0 = Instant::now();
@@ -850,21 +866,59 @@ fn create(root: &Path, rev: &Revision) -> Result<Created> {
         rev.hub.register(ip, slot.clone());
         slot
     });
-    let child = crate::monitor::spawn_detached(&ctx, &record, Vec::new()).map_err(|e| {
+    let (tell, started) = oneshot::channel();
+    let (exit_tx, exited) = watch::channel(false);
+    let monitor = {
+        let (root, record, runtime) = (root.to_path_buf(), record.clone(), runtime.clone());
+        std::thread::Builder::new()
+            .name(format!("monitor {name}"))
+            .spawn(move || {
+                let ctx = Context::new(root);
+                let opts = crate::monitor::Options {
+                    foreground: false,
+                    interactive: false,
+                    forward_signals: false,
+                };
+                let notify: crate::monitor::Notify = Box::new(move |r| drop(tell.send(r)));
+                let run = crate::monitor::run(
+                    &ctx,
+                    &record,
+                    &runtime,
+                    Some(ip),
+                    Vec::new(),
+                    opts,
+                    Some(notify),
+                );
+                if let Err(e) = run {
+                    tracing::debug!(instance = %record.name, "monitor: {e:#}");
+                }
+                let _ = exit_tx.send(true);
+            })
+    };
+    if let Err(e) = monitor {
         if let Some(slot) = &slot {
             rev.hub.unregister(ip, slot);
         }
-        undo(e)
-    })?;
+        return Err(undo(
+            anyhow::Error::new(e).context("cannot start the monitor thread"),
+        ));
+    }
     // Where a cold start's time goes (SKIFF_LOG=debug).
     tracing::debug!(
         instance = %name,
         recorded_us = recorded.as_micros() as u64,
         bundled_us = bundled.as_micros() as u64,
-        running_us = t0.elapsed().as_micros() as u64,
+        monitor_us = t0.elapsed().as_micros() as u64,
         "instance created"
     );
-    Ok((id, name, ip, child, slot))
+    Ok(Created {
+        id,
+        name,
+        ip,
+        started,
+        exited,
+        lambda: slot,
+    })
 }
 
 /// Lets requests in flight finish (at most the service timeout is not
