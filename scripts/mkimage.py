@@ -63,6 +63,18 @@ printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade
 exec cat
 """
 
+# Run by `nc -ll -p PORT -e /bin/keepalive-count`, once per connection:
+# answers every request on its connection (HTTP/1.1, kept alive) with how
+# many connections the server has had so far.
+KEEPALIVE_COUNT = b"""#!/bin/sh
+echo >> /tmp/connections
+n=$(wc -l < /tmp/connections | tr -d ' ')
+while read -r line; do
+  while read -r h; do [ "${#h}" -le 1 ] && break; done
+  printf 'HTTP/1.1 200 OK\r\nContent-Length: %s\r\n\r\n%s' "${#n}" "$n"
+done
+"""
+
 # A Lambda custom runtime (the Runtime API with busybox wget), for the
 # tests: answers {"echo": EVENT, "function": NAME}; an event with
 # "fail" posts an error, "sleep" sleeps 30 s (past any test timeout),
@@ -173,6 +185,7 @@ def busybox_layer(demo, binary=None):
             for name, script in DEMO_CGI.items():
                 add_file(tar, f"www/cgi-bin/{name}", script, 0o755)
             add_file(tar, "bin/upgrade-echo", UPGRADE_ECHO, 0o755)
+            add_file(tar, "bin/keepalive-count", KEEPALIVE_COUNT, 0o755)
             add_file(tar, "bin/lambda-echo", LAMBDA_ECHO, 0o755)
         if binary:
             with open(binary, "rb") as f:

@@ -1,7 +1,8 @@
 //! The gateway's contract with clients and instances, against a real
 //! daemon and the demo image (busybox httpd with CGI programs: `sleep`,
-//! `count`, `env`; and `/bin/upgrade-echo`): forwarded headers, request
-//! ids and traceparent, limits (431, 413), h2c, protocol upgrades, the
+//! `count`, `env`; `/bin/upgrade-echo` and `/bin/keepalive-count`):
+//! forwarded headers, request ids and traceparent, limits (431, 413), h2c,
+//! protocol upgrades, keep-alive connections to instances, the
 //! activator's bounded queue, and what an instance's death and a rollout
 //! under load cost the clients.
 
@@ -160,6 +161,35 @@ fn headers_limits_h2c_and_upgrades() {
     // The public gateway does not serve the metrics.
     let (code, _, _) = get(gw, "127.0.0.1", "/metrics");
     assert_eq!(code, 404);
+}
+
+/// Requests one after another reach the instance on one connection: the
+/// gateway keeps it alive between them (whatever its clients do).
+#[test]
+fn connections_to_an_instance_are_kept_alive() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let d = Daemon::start(&s);
+    s.ok(&[
+        "deploy",
+        "ka",
+        "--image",
+        img,
+        "--",
+        "sh",
+        "-c",
+        // (A pid 1 that stops at SIGTERM: no 10 s grace at the delete.)
+        "trap 'exit 0' TERM; nc -ll -p $PORT -e /bin/keepalive-count & wait",
+    ]);
+    // (The readiness probe's connection counts too.)
+    let mut first = None;
+    for i in 0..5 {
+        let (code, head, body) = get(d.gateway, "ka.localhost", "/");
+        assert_eq!(code, 200, "{head}\n{body}");
+        let first = first.get_or_insert_with(|| body.clone());
+        assert_eq!(&body, first, "request {i} came on a new connection");
+    }
+    s.ok(&["delete", "ka"]);
 }
 
 #[test]

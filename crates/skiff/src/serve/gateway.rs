@@ -23,7 +23,9 @@ use hyper_util::rt::TokioIo;
 
 use super::instances::{Lease, Revision, Unavailable};
 use super::lambda;
+use super::upstream::SendError;
 use super::{json_error, set_header, Body, BoxError, Daemon};
+use hyper::client::conn::http1::SendRequest;
 use skiff_core::Mode;
 
 type Fut = Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
@@ -35,6 +37,12 @@ const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// The request id header: a client's own is kept, otherwise one is made;
 /// the instance sees it and the response carries it.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_SKIFF_REVISION: HeaderName = HeaderName::from_static("x-skiff-revision");
+const X_SKIFF_COLD_START: HeaderName = HeaderName::from_static("x-skiff-cold-start");
 
 pub fn handle(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -> Fut {
     Box::pin(answer(daemon, peer, req))
@@ -59,7 +67,12 @@ fn route(host: Option<&str>, path: &str) -> Option<Route> {
                 host
             }
         });
-        let name = name.to_ascii_lowercase();
+        // (Lower-cased only when it is not already: most requests.)
+        let name: std::borrow::Cow<str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            name.to_ascii_lowercase().into()
+        } else {
+            name.into()
+        };
         if let Some(service) = name.strip_suffix(".localhost") {
             if !service.is_empty() && !service.contains('.') {
                 return Some(Route {
@@ -163,19 +176,19 @@ async fn proxy(
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    let path_and_query = match &route.stripped {
-        Some((_, rest)) => match parts.uri.query() {
+    let path_and_query = |uri: &Uri| match &route.stripped {
+        Some((_, rest)) => match uri.query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest.clone(),
         },
-        None => parts
-            .uri
+        None => uri
             .path_and_query()
             .map_or("/".to_string(), |p| p.to_string()),
     };
     if rev.spec.mode == Mode::Lambda {
         // Not proxied: the request becomes an event for the function
         // (which counts itself on the revision).
+        let path_and_query = path_and_query(&parts.uri);
         let req = Request::from_parts(parts, body);
         return Outcome::Proxied(
             lambda::url::handle(daemon, &rev, peer, &path_and_query, req).await,
@@ -194,29 +207,55 @@ async fn proxy(
     let h = &mut parts.headers;
     let request_id = match h.get(REQUEST_ID).filter(|v| valid_request_id(v)) {
         Some(id) => id.clone(),
-        None => HeaderValue::from_str(&daemon.request_id()).expect("hex is a valid header"),
+        None => daemon.request_id(),
     };
     h.insert(REQUEST_ID, request_id.clone());
-    let peer_ip = peer.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let peer_ip = peer.ip();
+    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {peer_ip}"),
-        None => peer_ip,
+        None => peer_ip.to_string(),
     };
-    set_header(h, "x-forwarded-for", &xff);
-    set_header(h, "x-forwarded-proto", "http");
+    set_header(h, X_FORWARDED_FOR, &xff);
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(host) = &host {
-        set_header(h, "x-forwarded-host", host);
+        set_header(h, X_FORWARDED_HOST, host);
     }
     if let Some((prefix, _)) = &route.stripped {
-        set_header(h, "x-forwarded-prefix", prefix);
+        set_header(h, X_FORWARDED_PREFIX, prefix);
     }
-    // A request without a body can go to another instance if the first
-    // refuses the connection (it died, and its monitor has not said so yet).
-    let replayable = body.is_end_stream();
+    // The instance sees the client's Host (an HTTP/2 client sends it as
+    // the URI's authority; one without any gets the instance's address).
+    if !h.contains_key(HOST) {
+        if let Some(Ok(v)) = host.as_deref().map(HeaderValue::from_str) {
+            h.insert(HOST, v);
+        }
+    }
+    // The request goes out in origin form (`/path?query`).
+    let uri = match &route.stripped {
+        None if parts.uri.scheme().is_none() && parts.uri.authority().is_none() => parts.uri,
+        _ => match Uri::try_from(path_and_query(&parts.uri)) {
+            Ok(u) => u,
+            Err(e) => {
+                return Outcome::Gateway(
+                    Some(rev),
+                    json_error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
+                )
+            }
+        },
+    };
     // (No body: nothing to cap or time, and an empty one to send.)
-    let mut body = (!replayable).then(|| Capped::new(body));
+    let body = if body.is_end_stream() {
+        super::empty()
+    } else {
+        Capped::new(body).boxed()
+    };
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = parts.method;
+    *upstream.uri_mut() = uri;
+    *upstream.version_mut() = Version::HTTP_11;
+    *upstream.headers_mut() = parts.headers;
     let mut tries = 0;
-    let (resp, lease) = loop {
+    let (resp, lease, conn) = loop {
         tries += 1;
         let lease = loop {
             match rev.acquire().await {
@@ -243,35 +282,29 @@ async fn proxy(
         if let Some(cold) = lease.cold {
             rev.metrics.cold_start.observe(cold);
         }
-        let uri = match format!("http://{}{}", lease.instance.addr, path_and_query).parse::<Uri>() {
-            Ok(u) => u,
-            Err(e) => {
-                return Outcome::Gateway(
-                    Some(rev),
-                    json_error(StatusCode::BAD_REQUEST, format!("bad request path: {e}")),
-                )
-            }
-        };
-        let mut upstream = Request::builder()
-            .method(parts.method.clone())
-            .uri(uri)
-            .version(Version::HTTP_11)
-            .body(match body.take() {
-                Some(b) => b.boxed(),
-                None => super::full(Bytes::new()),
-            })
-            .expect("parts of a valid request");
-        *upstream.headers_mut() = parts.headers.clone();
-        match daemon.client.request(upstream).await {
-            Ok(resp) => break (resp, lease),
-            Err(e) if e.is_connect() && replayable && tries < 3 => {
-                tracing::debug!(instance = %lease.instance.name, "connect failed: {e}; trying another instance");
+        match lease.instance.upstream.send(upstream).await {
+            Ok((resp, conn)) => break (resp, lease, conn),
+            // It died, and its monitor has not said so yet: nothing was
+            // sent, so another instance can have the request.
+            Err(SendError::Connect(e, unsent)) => {
                 rev.evict(&lease.instance);
+                if tries >= 3 {
+                    return Outcome::Gateway(
+                        Some(rev),
+                        json_error(
+                            StatusCode::BAD_GATEWAY,
+                            format!(
+                                "service {}: instance {} refused the connection: {e}",
+                                route.service, lease.instance.name
+                            ),
+                        ),
+                    );
+                }
+                tracing::debug!(instance = %lease.instance.name, "connect failed: {e}; trying another instance");
+                upstream = unsent;
             }
-            Err(e) => {
-                if e.is_connect() {
-                    rev.evict(&lease.instance);
-                } else if !caused_by_cap(&e) {
+            Err(SendError::Exchange(e)) => {
+                if !caused_by_cap(&e) {
                     // The connection broke mid-request: if the instance no
                     // longer accepts connections, it died; send nothing more there.
                     rev.check(&lease.instance);
@@ -306,10 +339,13 @@ async fn proxy(
     let upgraded_to = parts.headers.get(UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     let h = &mut parts.headers;
-    set_header(h, "x-skiff-revision", &lease.rev_name().to_string());
+    h.insert(X_SKIFF_REVISION, lease.rev().header.clone());
     h.insert(REQUEST_ID, request_id);
     if let Some(cold) = lease.cold {
-        set_header(h, "x-skiff-cold-start", &cold.as_millis().to_string());
+        h.insert(
+            X_SKIFF_COLD_START,
+            HeaderValue::from(cold.as_millis() as u64),
+        );
     }
     let code = parts.status.as_u16();
     if let Some(upstream_side) = upstream_side {
@@ -342,8 +378,10 @@ async fn proxy(
         return Outcome::Proxied(Response::from_parts(parts, super::full(Bytes::new())));
     }
     let body = Leased {
-        inner: body.map_err(Into::into).boxed(),
+        inner: body,
         lease: Some(lease),
+        conn: Some(conn),
+        ended: false,
         code,
         began,
     };
@@ -510,10 +548,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// A response body that holds the instance's lease until it is done, and
 /// then counts the request (its status and how long the whole exchange
-/// took, the body's end included, or the client's going away).
+/// took, the body's end included, or the client's going away). The
+/// connection it came on goes back to the instance once the body has been
+/// read whole; one left half-read is closed.
 struct Leased {
-    inner: Body,
+    inner: Incoming,
     lease: Option<Lease>,
+    conn: Option<SendRequest<Body>>,
+    /// The body's end has been read.
+    ended: bool,
     code: u16,
     began: Instant,
 }
@@ -521,6 +564,11 @@ struct Leased {
 impl Drop for Leased {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
+            if self.ended || self.inner.is_end_stream() {
+                if let Some(conn) = self.conn.take() {
+                    lease.instance.upstream.put(conn);
+                }
+            }
             lease.rev().metrics.request(self.code, self.began.elapsed());
         }
     }
@@ -534,7 +582,11 @@ impl hyper::body::Body for Leased {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.ended = true;
+        }
+        frame.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -51,6 +51,8 @@ pub struct Instance {
     pub id: String,
     pub name: String,
     pub addr: SocketAddr,
+    /// The gateway's connections to it.
+    pub upstream: super::upstream::Upstream,
     inflight: AtomicUsize,
     /// Becomes true once the monitor (and so the container) has exited.
     exited: watch::Receiver<bool>,
@@ -91,6 +93,8 @@ fn queue_limit(spec: &ServiceSpec) -> usize {
 /// One revision's instances and the requests waiting for them.
 pub struct Revision {
     pub name: RevisionName,
+    /// The name as the `X-Skiff-Revision` response header.
+    pub header: hyper::header::HeaderValue,
     pub spec: ServiceSpec,
     root: Arc<PathBuf>,
     hub: Arc<Hub>,
@@ -135,10 +139,6 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn rev_name(&self) -> &RevisionName {
-        &self.rev.name
-    }
-
     pub fn rev(&self) -> &Arc<Revision> {
         &self.rev
     }
@@ -163,6 +163,9 @@ impl Revision {
         hub: Arc<Hub>,
     ) -> Arc<Revision> {
         let rev = Arc::new(Revision {
+            // Revision names are DNS labels: always a valid header value.
+            header: hyper::header::HeaderValue::from_str(&name.to_string())
+                .expect("a revision name is a valid header value"),
             name,
             spec,
             root,
@@ -654,6 +657,7 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
         id,
         name,
         addr,
+        upstream: super::upstream::Upstream::new(addr),
         inflight: AtomicUsize::new(0),
         exited,
         lambda,

@@ -15,6 +15,7 @@ mod gateway;
 pub mod instances;
 mod lambda;
 mod metrics;
+mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -109,8 +110,14 @@ impl Daemon {
     }
 
     /// A new request id: 32 hex digits.
-    fn request_id(&self) -> String {
-        format!("{:016x}{:016x}", self.roll(), self.roll())
+    fn request_id(&self) -> hyper::header::HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = [0u8; 32];
+        let n = (u128::from(self.roll()) << 64) | u128::from(self.roll());
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        hyper::header::HeaderValue::from_bytes(&id).expect("hex is a valid header value")
     }
 
     fn unrouted(&self, code: u16) {
@@ -584,7 +591,11 @@ pub(crate) fn header_str<'a>(h: &'a hyper::HeaderMap, name: &str) -> Option<&'a 
 
 /// Sets a header; a value that cannot be one (a control character from a
 /// client or a function) is left out rather than failing the response.
-pub(crate) fn set_header(h: &mut hyper::HeaderMap, name: &'static str, value: &str) {
+pub(crate) fn set_header(
+    h: &mut hyper::HeaderMap,
+    name: impl hyper::header::IntoHeaderName,
+    value: &str,
+) {
     if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
         h.insert(name, v);
     }
@@ -616,6 +627,13 @@ pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Rea
 /// A received body as ours (one error type for every body we pass on).
 pub(crate) fn incoming(body: Incoming) -> Body {
     body.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+}
+
+/// An empty body (boxed without an allocation: the body is zero-sized).
+pub(crate) fn empty() -> Body {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {

@@ -1,0 +1,119 @@
+//! The gateway's connections to an instance: HTTP/1.1 with keep-alive,
+//! idle ones kept on the instance itself. A general-purpose client
+//! (hyper-util's pools connections by host under one lock, races new
+//! connections against idle ones and wraps each exchange in futures of its
+//! own) did more per request than proxying to a known address needs; this
+//! is a stack of idle connections, taken and given back without a lookup,
+//! closed when the instance goes.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+use super::Body;
+
+/// A connect that takes longer than this fails (the instance is gone, or
+/// its network namespace is).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept per instance; more are closed when given back.
+const MAX_IDLE: usize = 256;
+
+pub struct Upstream {
+    addr: SocketAddr,
+    idle: Mutex<Vec<SendRequest<Body>>>,
+}
+
+/// Why an exchange with an instance failed.
+pub enum SendError {
+    /// No connection could be made (nothing listens there any more); the
+    /// request, not sent, is handed back for another instance.
+    Connect(std::io::Error, Request<Body>),
+    /// The connection failed while the request or its response was on it.
+    Exchange(hyper::Error),
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr) -> Upstream {
+        Upstream {
+            addr,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `req` (origin-form URI, with a Host header) on an idle
+    /// connection, or on a new one. A pooled connection that the instance
+    /// closed while it was idle is found out before anything is written on
+    /// it (hyper hands the request back), and the next one is tried.
+    /// Returns the connection with the response: give it back with
+    /// [`Self::put`] once the response body has been read to its end.
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, SendRequest<Body>), SendError> {
+        loop {
+            let (mut conn, pooled) = match self.take_idle().await {
+                Some(c) => (c, true),
+                None => match self.connect().await {
+                    Ok(c) => (c, false),
+                    Err(e) => return Err(SendError::Connect(e, req)),
+                },
+            };
+            match conn.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, conn)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if pooled => req = unsent,
+                    _ => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Keeps a connection whose exchange is complete for the next request.
+    pub fn put(&self, conn: SendRequest<Body>) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    /// The most recently used idle connection that still works (it may
+    /// take a moment to be ready again after its last response).
+    async fn take_idle(&self) -> Option<SendRequest<Body>> {
+        loop {
+            let mut conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if conn.ready().await.is_ok() {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<SendRequest<Body>> {
+        let stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+        stream.set_nodelay(true)?;
+        let (conn, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            // Upgrades (websockets) take the connection over when asked.
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(%addr, "instance connection: {e}");
+            }
+        });
+        Ok(conn)
+    }
+}
