@@ -301,7 +301,7 @@ async fn proxy(
                     );
                 }
                 tracing::debug!(instance = %lease.instance.name, "connect failed: {e}; trying another instance");
-                upstream = unsent;
+                upstream = *unsent;
             }
             Err(SendError::Exchange(e)) => {
                 if !caused_by_cap(&e) {

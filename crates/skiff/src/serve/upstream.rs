@@ -32,7 +32,7 @@ pub struct Upstream {
 pub enum SendError {
     /// No connection could be made (nothing listens there any more); the
     /// request, not sent, is handed back for another instance.
-    Connect(std::io::Error, Request<Body>),
+    Connect(std::io::Error, Box<Request<Body>>),
     /// The connection failed while the request or its response was on it.
     Exchange(hyper::Error),
 }
@@ -60,7 +60,7 @@ impl Upstream {
                 Some(c) => (c, true),
                 None => match self.connect().await {
                     Ok(c) => (c, false),
-                    Err(e) => return Err(SendError::Connect(e, req)),
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
             };
             match conn.try_send_request(req).await {
