@@ -155,7 +155,7 @@ pub enum Command {
         /// Lambda API then takes only requests signed with one of its keys.
         #[arg(long, value_name = "FILE")]
         aws_credentials: Option<PathBuf>,
-        /// Async worker threads (default 2).
+        /// Async worker threads (default: one per CPU but one, at least one).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: Option<u16>,
     },

@@ -185,7 +185,7 @@ pub async fn invoke(
     } else {
         payload
     };
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
+    if !is_json(&payload).await {
         return (
             Some(rev),
             aws_error(
@@ -463,7 +463,8 @@ pub async fn run(
         // printed it: give it that moment.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let mut text = format!("START RequestId: {id} Version: $LATEST\n");
-        text.push_str(&read_log_since(&log_path, log_from));
+        let tail = tokio::task::spawn_blocking(move || read_log_since(&log_path, log_from));
+        text.push_str(&tail.await.unwrap_or_default());
         let ms = took.as_secs_f64() * 1000.0;
         text.push_str(&format!(
             "END RequestId: {id}\nREPORT RequestId: {id}\tDuration: {ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\t\n",
@@ -607,6 +608,20 @@ async fn deliver(
         Ok(Reply::Error { body, .. }) => Err(String::from_utf8_lossy(&body).into_owned()),
         Err(_) => Err(format!("function {name} could not run")),
     }
+}
+
+/// Whether a payload is JSON. Up to 6 MB of it takes milliseconds to
+/// check, which must not hold up the async threads (and every request on
+/// them): a large one is checked on a blocking thread.
+async fn is_json(payload: &Bytes) -> bool {
+    let check = |p: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(p).is_ok();
+    if payload.len() < 64 << 10 {
+        return check(payload);
+    }
+    let p = payload.clone();
+    tokio::task::spawn_blocking(move || check(&p))
+        .await
+        .unwrap_or(false)
 }
 
 /// The `log` fields of the instance's log records written since `from`.
