@@ -403,3 +403,75 @@ fn autoscaler_scales_out_under_load_and_back_to_zero() {
     }
     s.ok(&["delete", "busy"]);
 }
+
+/// The containers `ps -a --json` lists with this status.
+fn with_status(s: &Skiff, status: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["ps", "-a", "--json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == status)
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// After a start, the next instance is prepared ahead (a created
+/// container, not an instance); the next cold start runs that one, a new
+/// one is prepared, and `delete` releases it.
+#[test]
+fn a_standby_instance_takes_the_next_cold_start() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let d = Daemon::start(&s);
+    s.ok(&[
+        "deploy",
+        "hello",
+        "--image",
+        img,
+        "--port",
+        "8080",
+        "--idle-timeout",
+        "300ms",
+    ]);
+    assert!(
+        with_status(&s, "created").is_empty(),
+        "no standby before any traffic"
+    );
+    let (code, head, body) = get(d.gateway, "hello.localhost", "/");
+    assert_eq!(code, 200, "{head}\n{body}");
+    let standby = |s: &Skiff| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let created = with_status(s, "created");
+            if let [one] = created.as_slice() {
+                return one.clone();
+            }
+            assert!(created.len() < 2, "more than one standby: {created:?}");
+            assert!(Instant::now() < deadline, "no standby was prepared");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let next = standby(&s);
+    assert_eq!(
+        s.ok(&["describe", "hello", "--json"])
+            .matches(&next)
+            .count(),
+        0
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while instances(&s, "hello") > 0 {
+        assert!(Instant::now() < deadline, "never scaled to zero");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, head, body) = get(d.gateway, "hello.localhost", "/");
+    assert_eq!(code, 200, "{head}\n{body}");
+    let desc: serde_json::Value =
+        serde_json::from_str(&s.ok(&["describe", "hello", "--json"])).unwrap();
+    assert_eq!(desc["instances"][0]["name"], next.as_str(), "{desc}");
+    assert_ne!(standby(&s), next, "a new standby after the start");
+
+    s.ok(&["delete", "hello"]);
+    assert_eq!(s.ok(&["ps", "-aq"]).trim(), "");
+    assert_eq!(s.leftovers(), Vec::<String>::new());
+}

@@ -264,11 +264,19 @@ fn too_large_for_caller() -> Reply {
 async fn read(req: Request<Incoming>) -> Result<Bytes, Box<Response<Body>>> {
     match Limited::new(req.into_body(), MAX_PAYLOAD).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Box::new(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            &format!("Exceeded maximum allowed payload size ({MAX_PAYLOAD} bytes)."),
-        ))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let mut r = error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                &format!("Exceeded maximum allowed payload size ({MAX_PAYLOAD} bytes)."),
+            );
+            // The rest of the body is not read: the connection closes, or a
+            // client still writing it (busybox wget does, before it reads
+            // any answer) would wait on full buffers for ever.
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            Err(Box::new(r))
+        }
         Err(e) => Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "InvalidRequest",
