@@ -583,8 +583,16 @@ impl hyper::body::Body for Leased {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            self.ended = true;
+        match &frame {
+            Poll::Ready(None) => self.ended = true,
+            // The client gets a cut-off response (or, before its head was
+            // written, none at all): worth a line in the log.
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(lease) = &self.lease {
+                    tracing::warn!(instance = %lease.instance.name, "response body from the instance failed: {e}");
+                }
+            }
+            _ => {}
         }
         frame.map_err(Into::into)
     }

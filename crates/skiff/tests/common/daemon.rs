@@ -86,10 +86,14 @@ impl Drop for Daemon {
 pub fn exchange(port: u16, request: &[u8]) -> (u16, String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let _ = s.write_all(request);
+    let wrote = s.write_all(request);
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let buf = String::from_utf8_lossy(&buf).into_owned();
+    let read = s.read_to_end(&mut buf);
+    let mut buf = String::from_utf8_lossy(&buf).into_owned();
+    if buf.is_empty() {
+        // Nothing came back: say how, for the failure's message.
+        buf = format!("\r\n\r\n(no response: write {wrote:?}, read {read:?})");
+    }
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
     let status = head
         .split_whitespace()
