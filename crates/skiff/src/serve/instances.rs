@@ -901,6 +901,7 @@ struct Created {
 /// Runtime API. Prepared ahead of time as a revision's standby.
 struct Bundle {
     record: ContainerRecord,
+    runtime: OciRuntime,
     ip: Ipv4Addr,
     slot: Option<Arc<Slot>>,
 }
@@ -913,10 +914,12 @@ impl Bundle {
         }
         let root = rev.root.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let ctx = Context::new(root.to_path_buf());
-            if let Ok(rt) = OciRuntime::new(RUNTIME, ctx.runtime_state_dir(RUNTIME)) {
-                release(&ctx, &self.record.id, &rt, true);
-            }
+            release(
+                &Context::new(root.to_path_buf()),
+                &self.record.id,
+                &self.runtime,
+                true,
+            );
         })
         .await;
     }
@@ -1020,16 +1023,24 @@ fn prepare_instance(root: &Path, rev: &Revision) -> Result<Bundle> {
         bundled_us = bundled.as_micros() as u64,
         "instance prepared"
     );
-    Ok(Bundle { record, ip, slot })
+    Ok(Bundle {
+        record,
+        runtime,
+        ip,
+        slot,
+    })
 }
 
 /// The blocking second half of a start: the monitor thread, which runs
 /// the container.
 fn start_monitor(root: &Path, rev: &Revision, bundle: Bundle) -> Result<Created> {
-    let Bundle { record, ip, slot } = bundle;
+    let Bundle {
+        record,
+        runtime,
+        ip,
+        slot,
+    } = bundle;
     let (id, name) = (record.id.clone(), record.name.clone());
-    let ctx = Context::new(root.to_path_buf());
-    let runtime = OciRuntime::new(RUNTIME, ctx.runtime_state_dir(RUNTIME))?;
     let (tell, started) = oneshot::channel();
     let (exit_tx, exited) = watch::channel(false);
     let monitor = {
@@ -1063,7 +1074,7 @@ fn start_monitor(root: &Path, rev: &Revision, bundle: Bundle) -> Result<Created>
         if let Some(slot) = &slot {
             rev.hub.unregister(ip, slot);
         }
-        release(&ctx, &id, &runtime, true);
+        release(&Context::new(root.to_path_buf()), &id, &runtime, true);
         return Err(anyhow::Error::new(e).context("cannot start the monitor thread"));
     }
     Ok(Created {
