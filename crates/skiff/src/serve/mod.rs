@@ -271,11 +271,18 @@ pub fn serve(ctx: &Context, opts: ServeOptions) -> Result<u8> {
     require_root("skiff serve")?;
     // Creates the data directory and the database before anything listens.
     ctx.state()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.workers.unwrap_or_else(default_workers))
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    // One worker: the single-threaded scheduler, which does the same work
+    // without the work-stealing one's cross-thread bookkeeping.
+    let runtime = match opts.workers.unwrap_or_else(default_workers) {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("cannot start the async runtime")?;
     let result = runtime.block_on(run(ctx, opts));
     // Every instance has been stopped; nothing left worth waiting for.
     runtime.shutdown_timeout(Duration::from_secs(1));
