@@ -504,8 +504,12 @@ async fn accept_tcp(listener: tokio::net::TcpListener, daemon: Arc<Daemon>, hand
             // HTTP/1.1, or h2c (HTTP/2 with prior knowledge, as gRPC
             // clients and `curl --http2-prior-knowledge` speak it).
             let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Small responses (most) go out as one flat write rather than
+            // an iovec of head and body: +2-3% req/s under wrk here; a large
+            // body is copied once more, which its bandwidth does not notice.
             builder
                 .http1()
+                .writev(false)
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEADERS);
