@@ -110,7 +110,7 @@ pub struct Revision {
     clock: SystemClock,
     /// An instance prepared for the next start (HTTP mode): record,
     /// rootfs, network namespace and config made, only `crun run` left.
-    /// Never locked while `pool` is.
+    /// `pool` may be locked inside it, never the other way round.
     standby: Mutex<Standby>,
     /// The last decision, for `/metrics`.
     pub desired: AtomicU32,
@@ -381,7 +381,13 @@ impl Revision {
     /// decision and `max`) or drains and stops the excess (least loaded,
     /// newest first), never below `min`.
     pub fn autoscale(self: &Arc<Self>) {
-        let idle_for = self.lock().last_request.elapsed();
+        let (idle_for, ready) = {
+            let pool = self.lock();
+            (pool.last_request.elapsed(), pool.ready.clone())
+        };
+        for inst in ready {
+            inst.upstream.close_idle();
+        }
         if idle_for > STANDBY_IDLE && self.standby().bundle.is_some() {
             let rev = self.clone();
             tokio::spawn(async move { rev.drop_standby().await });

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -22,10 +22,15 @@ use super::Body;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per instance; more are closed when given back.
 const MAX_IDLE: usize = 256;
+/// An idle connection unused for this long is closed (as hyper-util's pool
+/// did): a server that holds a thread or a process per connection gets
+/// them back after a burst.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Upstream {
     addr: SocketAddr,
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    /// Idle connections and since when, oldest first.
+    idle: Mutex<Vec<(SendRequest<Body>, Instant)>>,
 }
 
 /// Why an exchange with an instance failed.
@@ -80,15 +85,23 @@ impl Upstream {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(conn);
+            idle.push((conn, Instant::now()));
         }
+    }
+
+    /// Closes the connections idle for longer than [`IDLE_TIMEOUT`] (the
+    /// daemon's tick calls it).
+    pub fn close_idle(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = idle.partition_point(|(_, since)| since.elapsed() > IDLE_TIMEOUT);
+        idle.drain(..fresh);
     }
 
     /// The most recently used idle connection that still works (it may
     /// take a moment to be ready again after its last response).
     async fn take_idle(&self) -> Option<SendRequest<Body>> {
         loop {
-            let mut conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let (mut conn, _) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
             if conn.ready().await.is_ok() {
                 return Some(conn);
             }
