@@ -142,7 +142,9 @@ struct Env<'a> {
 
 /// Overlay options that keep an upper directory a plain diff: no redirect
 /// or metacopy xattrs standing in for content that is really in a lower.
-const DIFF_MOUNT_OPTIONS: &str = "redirect_dir=off,index=off,metacopy=off";
+/// `volatile`: the upper is read back and stored as a layer blob (synced
+/// there), so the unmount need not sync the filesystem it lives on.
+const DIFF_MOUNT_OPTIONS: &str = "redirect_dir=off,index=off,metacopy=off,volatile";
 
 impl<'a> Builder<'a> {
     /// `root` is `$SKIFF_ROOT`; scratch and cache live under it, on the

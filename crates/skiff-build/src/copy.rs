@@ -421,7 +421,8 @@ impl CopyPlan {
                     &bundle.join("from-upper"),
                     &bundle.join("from-work"),
                     &src_root,
-                    "",
+                    // Only read: nothing in its upper to sync at unmount.
+                    "volatile",
                 )
                 .map_err(|e| e.to_string())?;
                 let res = (|| -> Result<(), String> {

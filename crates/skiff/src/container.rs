@@ -163,7 +163,17 @@ pub fn prepare(
     }
     let layers = ctx.store()?.layer_dirs(image)?;
     let t0 = std::time::Instant::now();
-    skiff_runtime::rootfs::mount_overlay(&layers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+    // `volatile`: a container's upper directory never outlives it (there is
+    // no restart), so overlayfs need not sync it; without this, unmounting
+    // the rootfs syncs the whole filesystem under $SKIFF_ROOT (syncfs), a
+    // millisecond or more on every `run --rm` and every scale-down.
+    skiff_runtime::rootfs::mount_overlay_with(
+        &layers,
+        &dir.join("upper"),
+        &dir.join("work"),
+        &rootfs,
+        "volatile",
+    )?;
     tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
 
     let hostname = record.id[..12].to_string();

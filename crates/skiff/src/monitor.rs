@@ -133,12 +133,17 @@ pub fn run(
     for p in started.pumps.drain(..) {
         let _ = p.join();
     }
-    // Release whatever happens to the record: resources matter more.
-    let recorded = ctx
-        .state()
-        .and_then(|st| Ok(st.set_exited(&record.id, code as i32, now_ms())?));
-    if let Err(e) = recorded {
-        tracing::warn!(id = %record.id, "cannot record the exit: {e:#}");
+    // Release whatever happens to the record: resources matter more. A
+    // record about to be removed is not updated first; should this process
+    // die before removing it, `ps` finds a running record without its
+    // monitor and cleans up as it would have.
+    if !record.auto_remove {
+        let recorded = ctx
+            .state()
+            .and_then(|st| Ok(st.set_exited(&record.id, code as i32, now_ms())?));
+        if let Err(e) = recorded {
+            tracing::warn!(id = %record.id, "cannot record the exit: {e:#}");
+        }
     }
     release(ctx, &record.id, runtime, record.auto_remove);
     tracing::debug!("released");
