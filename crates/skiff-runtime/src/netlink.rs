@@ -19,6 +19,7 @@ const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
@@ -145,6 +146,13 @@ fn str_attr(s: &str) -> Vec<u8> {
     v
 }
 
+/// What [`Netlink::link`] reports of a link.
+pub(crate) struct Link {
+    pub index: u32,
+    /// Its hardware address, if it has an Ethernet one.
+    pub mac: Option<[u8; 6]>,
+}
+
 pub(crate) struct Netlink {
     fd: OwnedFd,
     seq: u32,
@@ -247,15 +255,35 @@ impl Netlink {
 
     /// Index of the link called `name`, `None` if there is none.
     pub fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self.link(name)?.map(|l| l.index))
+    }
+
+    /// The link called `name`, `None` if there is none.
+    pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
         let msg = Msg::new(RTM_GETLINK, 0)
             .ifinfo(0, 0, 0)
             .attr_str(IFLA_IFNAME, name);
         match self.request(msg) {
             Ok(Some(reply)) if reply.len() >= NLMSG_HDRLEN + IFINFOMSG_LEN => {
                 let i = NLMSG_HDRLEN + 4;
-                Ok(Some(
-                    i32::from_ne_bytes(reply[i..i + 4].try_into().unwrap_or_default()) as u32,
-                ))
+                let index = i32::from_ne_bytes(reply[i..i + 4].try_into().unwrap_or_default());
+                let mut mac = None;
+                let mut off = NLMSG_HDRLEN + IFINFOMSG_LEN;
+                while off + 4 <= reply.len() {
+                    let len = u16::from_ne_bytes([reply[off], reply[off + 1]]) as usize;
+                    let ty = u16::from_ne_bytes([reply[off + 2], reply[off + 3]]) & !NLA_F_NESTED;
+                    if len < 4 || off + len > reply.len() {
+                        break;
+                    }
+                    if ty == IFLA_ADDRESS && len == 4 + 6 {
+                        mac = reply[off + 4..off + 10].try_into().ok();
+                    }
+                    off += (len + 3) & !3;
+                }
+                Ok(Some(Link {
+                    index: index as u32,
+                    mac,
+                }))
             }
             Ok(_) => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -266,11 +294,21 @@ impl Netlink {
         }
     }
 
-    /// Creates bridge `name`, up; EEXIST if it exists.
-    pub fn create_bridge(&mut self, name: &str) -> io::Result<()> {
+    /// Sets the hardware address of link `index`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let msg = Msg::new(RTM_NEWLINK, NLM_F_ACK)
+            .ifinfo(index as i32, 0, 0)
+            .attr(IFLA_ADDRESS, &mac);
+        self.ack(msg)
+    }
+
+    /// Creates bridge `name`, up, with hardware address `mac`; EEXIST if
+    /// it exists.
+    pub fn create_bridge(&mut self, name: &str, mac: [u8; 6]) -> io::Result<()> {
         let msg = Msg::new(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
             .ifinfo(0, IFF_UP, IFF_UP)
             .attr_str(IFLA_IFNAME, name)
+            .attr(IFLA_ADDRESS, &mac)
             .nest(IFLA_LINKINFO, |b| {
                 put_attr(b, IFLA_INFO_KIND, &str_attr("bridge"))
             });

@@ -25,6 +25,14 @@ pub const BRIDGE: &str = "skiff0";
 /// The bridge's (the host's) address on the container network.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
 pub const PREFIX_LEN: u8 = 16;
+/// The bridge's hardware address, set explicitly (locally administered,
+/// `0a:58` and the gateway address, as CNI's bridge plugin makes them).
+/// A bridge left to choose takes the lowest address among its ports, so
+/// it changes as containers come and go; every container still holding
+/// the old one for the gateway in its ARP cache then sends into the void
+/// until that entry expires: new connections to the host (the Lambda
+/// Runtime API) and replies to the gateway's stall for seconds.
+pub const BRIDGE_MAC: [u8; 6] = [0x0a, 0x58, 10, 89, 0, 1];
 /// Host-wide lease directory: leases must be unique across all roots.
 pub const DEFAULT_IPAM_DIR: &str = "/run/skiff/ipam";
 /// Name of the container's end of the veth pair.
@@ -363,13 +371,19 @@ pub fn ensure_bridge_up() -> Result<(), NetworkError> {
 /// The bridge's index; creates it (up, with the gateway address) when
 /// missing. Concurrent creators are fine: EEXIST means someone else won.
 fn ensure_bridge(nl: &mut Netlink) -> Result<u32, NetworkError> {
-    if let Some(index) = nl
-        .link_index(BRIDGE)
+    if let Some(link) = nl
+        .link(BRIDGE)
         .map_err(nl_err(format!("look up {BRIDGE}")))?
     {
-        return Ok(index);
+        if link.mac != Some(BRIDGE_MAC) {
+            // A bridge made before its address was fixed (or by hand).
+            tracing::info!("giving {BRIDGE} its fixed hardware address");
+            nl.set_mac(link.index, BRIDGE_MAC)
+                .map_err(nl_err(format!("set the hardware address of {BRIDGE}")))?;
+        }
+        return Ok(link.index);
     }
-    match nl.create_bridge(BRIDGE) {
+    match nl.create_bridge(BRIDGE, BRIDGE_MAC) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(nl_err(format!("create bridge {BRIDGE}"))(e)),

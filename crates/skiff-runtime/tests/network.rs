@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{code, stderr, stdout, Fixture};
 use nix::sys::signal::Signal;
-use skiff_runtime::network::{etc_hosts, Attachment, Network, BRIDGE};
+use skiff_runtime::network::{etc_hosts, Attachment, Network, BRIDGE, BRIDGE_MAC};
 use skiff_runtime::spec::{EtcFiles, NetworkConfig};
 
 /// The veth pair dies with the namespace, asynchronously: allow a moment.
@@ -88,6 +88,44 @@ fn a_container_gets_an_address_on_the_bridge_and_nothing_is_left() {
     assert_gone(&att);
     net.teardown(&att).unwrap();
     net.teardown_by_id(&f.id, &netns_dir).unwrap();
+}
+
+/// A bridge left to itself takes the lowest hardware address of its ports;
+/// containers that cached the old one for the gateway then lose it.
+#[test]
+fn the_bridge_keeps_its_hardware_address_as_containers_come_and_go() {
+    let f = Fixture::new("mac");
+    let net = Network::new();
+    let netns_dir = f.dir("netns");
+    let ids: Vec<String> = (0..6).map(|i| format!("{}-{i}", f.id)).collect();
+    let _cleanup = Cleanup(
+        &net,
+        ids.iter()
+            .map(|id| (id.clone(), netns_dir.clone()))
+            .collect(),
+    );
+    let want = BRIDGE_MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let sys = Path::new("/sys/class/net").join(BRIDGE);
+    let check = |when: &str| {
+        let mac = std::fs::read_to_string(sys.join("address")).unwrap();
+        assert_eq!(mac.trim(), want, "{when}");
+        // 3: NET_ADDR_SET, chosen by us, so the bridge never recomputes it.
+        let ty = std::fs::read_to_string(sys.join("addr_assign_type")).unwrap();
+        assert_eq!(ty.trim(), "3", "{when}");
+    };
+    let mut atts = Vec::new();
+    for id in &ids {
+        atts.push(net.setup(id, &netns_dir).unwrap());
+        check(&format!("after attaching {id}"));
+    }
+    for att in &atts {
+        net.teardown(att).unwrap();
+        check(&format!("after detaching {}", att.ip));
+    }
 }
 
 #[test]

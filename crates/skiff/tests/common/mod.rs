@@ -50,6 +50,8 @@ impl Skiff {
         let mut c = Command::new(BIN);
         c.env("SKIFF_ROOT", self.root.path())
             .env_remove("SKIFF_LOG")
+            // SKIFF_TEST_LOG=skiff=debug: the daemons' debug log, to chase a failure.
+            .envs(std::env::var("SKIFF_TEST_LOG").map(|v| ("SKIFF_LOG", v)))
             // The CLI talks to this root's own daemon, whatever the caller's shell says.
             .env_remove("SKIFF_HOST")
             .env_remove("SKIFF_TOKEN")
