@@ -770,11 +770,21 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
     // Probed from the moment the monitor runs: the server may listen
     // before the monitor has recorded that the container started. The
     // first moments from a blocking thread, every 250 µs: tokio's timer
-    // ticks in whole milliseconds, and a start takes about 7.
+    // ticks in whole milliseconds, and a start takes about 7. The probe's
+    // connection carries the first request.
     if rev.spec.readiness_path.is_none() {
         let exited = inst.exited.clone();
         let quick = tokio::task::spawn_blocking(move || quick_probe(addr, &exited));
-        if quick.await.unwrap_or(false) {
+        if let Ok(Some(conn)) = quick.await {
+            let adopted = async {
+                conn.set_nonblocking(true)?;
+                inst.upstream
+                    .adopt(tokio::net::TcpStream::from_std(conn)?)
+                    .await
+            };
+            if let Err(e) = adopted.await {
+                tracing::debug!(instance = %inst.name, "keeping the probe's connection: {e}");
+            }
             return Ok(inst);
         }
     }
@@ -793,7 +803,7 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
         }
         let probe = tokio::time::timeout(
             Duration::from_millis(200),
-            probe(addr, rev.spec.readiness_path.as_deref()),
+            probe(&inst.upstream, rev.spec.readiness_path.as_deref()),
         );
         if let Ok(true) = probe.await {
             return Ok(inst);
@@ -845,27 +855,32 @@ async fn lambda_init(inst: &Arc<Instance>) -> Result<()> {
     }
 }
 
-/// Whether `addr` accepts a connection within the first 100 ms of a start
-/// (false as soon as the instance exits).
-fn quick_probe(addr: SocketAddr, exited: &watch::Receiver<bool>) -> bool {
+/// A connection to `addr` if it accepts one within the first 100 ms of a
+/// start (none as soon as the instance exits).
+fn quick_probe(addr: SocketAddr, exited: &watch::Receiver<bool>) -> Option<std::net::TcpStream> {
     let until = Instant::now() + Duration::from_millis(100);
     while Instant::now() < until && !*exited.borrow() {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(20)).is_ok() {
-            return true;
+        if let Ok(conn) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(20)) {
+            return Some(conn);
         }
         std::thread::sleep(Duration::from_micros(250));
     }
-    false
+    None
 }
 
 /// Readiness: the port accepts a connection and, with a path, a GET of
 /// it answers 2xx or 3xx (as Kubernetes' httpGet probe counts success).
-async fn probe(addr: SocketAddr, path: Option<&str>) -> bool {
+/// A plain TCP probe's connection is kept for the first request.
+async fn probe(upstream: &super::upstream::Upstream, path: Option<&str>) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = upstream.addr();
     let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
         return false;
     };
     let Some(path) = path else {
+        if let Err(e) = upstream.adopt(conn).await {
+            tracing::debug!(%addr, "keeping the probe's connection: {e}");
+        }
         return true;
     };
     let req = format!(

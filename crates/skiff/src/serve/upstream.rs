@@ -108,6 +108,20 @@ impl Upstream {
         }
     }
 
+    /// Keeps `stream`, connected to the instance and not used yet (the
+    /// readiness probe's), for the first request: the request that waited
+    /// for this instance then needs no connect of its own, and a server
+    /// that forks per connection forks once, not twice.
+    pub async fn adopt(&self, stream: tokio::net::TcpStream) -> std::io::Result<()> {
+        let conn = self.handshake(stream).await?;
+        self.put(conn);
+        Ok(())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     async fn connect(&self) -> std::io::Result<SendRequest<Body>> {
         let stream =
             tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
@@ -115,6 +129,10 @@ impl Upstream {
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
                 })??;
+        self.handshake(stream).await
+    }
+
+    async fn handshake(&self, stream: tokio::net::TcpStream) -> std::io::Result<SendRequest<Body>> {
         stream.set_nodelay(true)?;
         // (Flat writes, as the gateway's server side does.)
         let (conn, connection) = http1::Builder::new()
