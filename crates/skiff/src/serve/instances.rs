@@ -49,6 +49,8 @@ const RUNTIME: &str = "crun";
 /// A standby instance (see [`Revision::replenish`]) is dropped once its
 /// revision has had no request for this long.
 const STANDBY_IDLE: Duration = Duration::from_secs(600);
+/// How long after a start its revision's next standby is prepared.
+const STANDBY_DELAY: Duration = Duration::from_millis(50);
 
 pub struct Instance {
     pub id: String,
@@ -534,6 +536,15 @@ impl Revision {
         }
         let rev = self.clone();
         tokio::spawn(async move {
+            // The start that called this is serving its first requests now,
+            // the request that waited for it among them: preparing (a
+            // mount, a network namespace, files) would take the CPU from
+            // them (3.4 ms instead of 0.9 to that first response here).
+            tokio::time::sleep(STANDBY_DELAY).await;
+            if rev.lock().retired {
+                rev.standby().preparing = false;
+                return;
+            }
             let r = rev.clone();
             let made = tokio::task::spawn_blocking(move || prepare_instance(&r.root, &r)).await;
             let unwanted = {
