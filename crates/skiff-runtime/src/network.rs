@@ -110,10 +110,15 @@ impl Network {
         &self.ipam_dir
     }
 
+    /// Where [`Self::setup`] puts the namespace of container `id`.
+    pub fn netns_path(id: &str, netns_dir: &Path) -> PathBuf {
+        netns_dir.join(id)
+    }
+
     /// Creates the namespace `netns_dir/<id>` with `lo` up and `eth0` on
     /// the bridge holding a fresh address. On failure nothing is left.
     pub fn setup(&self, id: &str, netns_dir: &Path) -> Result<Attachment, NetworkError> {
-        let netns_path = netns_dir.join(id);
+        let netns_path = Self::netns_path(id, netns_dir);
         let (ns_fd, ns_nl) = create_netns(&netns_path)?;
         let ip = match self.allocate(&netns_path) {
             Ok(ip) => ip,
@@ -200,7 +205,7 @@ impl Network {
     /// [`Self::teardown`] for a container known only by id, e.g. a
     /// leftover after a crash. Idempotent; nothing to do is success.
     pub fn teardown_by_id(&self, id: &str, netns_dir: &Path) -> Result<(), NetworkError> {
-        let netns_path = netns_dir.join(id);
+        let netns_path = Self::netns_path(id, netns_dir);
         let ip = match std::fs::read_to_string(ip_file(&netns_path)) {
             Ok(s) => s.trim().parse().ok(),
             Err(_) => self.find_lease(&netns_path),

@@ -162,66 +162,84 @@ pub fn prepare(
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let layers = ctx.store()?.layer_dirs(image)?;
-    let t0 = std::time::Instant::now();
-    // `volatile`: a container's upper directory never outlives it (there is
-    // no restart), so overlayfs need not sync it; without this, unmounting
-    // the rootfs syncs the whole filesystem under $SKIFF_ROOT (syncfs), a
-    // millisecond or more on every `run --rm` and every scale-down.
-    skiff_runtime::rootfs::mount_overlay_with(
-        &layers,
-        &dir.join("upper"),
-        &dir.join("work"),
-        &rootfs,
-        "volatile",
-    )?;
-    tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
-
+    let runtime = OciRuntime::new(&record.runtime, ctx.runtime_state_dir(&record.runtime))?;
+    let netns_dir = ctx.netns_dir();
     let hostname = record.id[..12].to_string();
-    let (network, ip) = match args.network.as_str() {
-        "host" => (NetworkConfig::Host, None),
-        "none" => (NetworkConfig::None, None),
-        _ => {
-            let t0 = std::time::Instant::now();
-            let att = Network::new().setup(&record.id, &ctx.netns_dir())?;
-            tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
-            (NetworkConfig::Path(att.netns_path.clone()), Some(att.ip))
-        }
-    };
     let etc = EtcFiles {
         hosts: dir.join("hosts"),
         hostname: dir.join("hostname"),
         resolv_conf: dir.join("resolv.conf"),
     };
-    std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
-    std::fs::write(&etc.hostname, format!("{hostname}\n"))?;
-    std::fs::write(&etc.resolv_conf, skiff_runtime::network::resolv_conf())?;
-
-    let cfg = RunConfig {
-        image: image.config.config().clone().unwrap_or_default(),
-        entrypoint: args.entrypoint.clone(),
-        cmd: (!args.command.is_empty()).then(|| args.command.clone()),
-        env,
-        workdir: args.workdir.clone(),
-        user: args.user.clone(),
-        hostname,
-        memory: args.memory,
-        cpus_milli: args.cpus,
-        pids_limit: args.pids_limit,
-        mounts,
-        network,
-        terminal: false,
-        cgroup_path: cgroup_path(&record.id),
-        etc_files: Some(etc),
-    };
-    let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
-    let command = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.args().clone())
-        .unwrap_or_default();
-    OciRuntime::new(&record.runtime, ctx.runtime_state_dir(&record.runtime))?
-        .write_config(&dir, &spec)?;
-    Ok(Prepared { ip, command })
+    // The network namespace is made on a second thread while this one
+    // mounts the rootfs and writes the config: they need nothing from each
+    // other but the namespace's path, known from the id, and the address,
+    // which only /etc/hosts holds (written last).
+    std::thread::scope(|s| -> Result<Prepared> {
+        let bridge = !matches!(args.network.as_str(), "host" | "none");
+        let attached = bridge.then(|| {
+            s.spawn(|| {
+                let t0 = std::time::Instant::now();
+                let att = Network::new().setup(&record.id, &netns_dir);
+                tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
+                att
+            })
+        });
+        let network = match args.network.as_str() {
+            "host" => NetworkConfig::Host,
+            "none" => NetworkConfig::None,
+            _ => NetworkConfig::Path(Network::netns_path(&record.id, &netns_dir)),
+        };
+        let t0 = std::time::Instant::now();
+        // `volatile`: a container's upper directory never outlives it (there
+        // is no restart), so overlayfs need not sync it; without this,
+        // unmounting the rootfs syncs the whole filesystem under
+        // $SKIFF_ROOT (syncfs), a millisecond or more on every `run --rm`
+        // and every scale-down.
+        skiff_runtime::rootfs::mount_overlay_with(
+            &layers,
+            &dir.join("upper"),
+            &dir.join("work"),
+            &rootfs,
+            "volatile",
+        )?;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
+        std::fs::write(&etc.hostname, format!("{hostname}\n"))?;
+        std::fs::write(&etc.resolv_conf, skiff_runtime::network::resolv_conf())?;
+        let cfg = RunConfig {
+            image: image.config.config().clone().unwrap_or_default(),
+            entrypoint: args.entrypoint.clone(),
+            cmd: (!args.command.is_empty()).then(|| args.command.clone()),
+            env,
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+            hostname: hostname.clone(),
+            memory: args.memory,
+            cpus_milli: args.cpus,
+            pids_limit: args.pids_limit,
+            mounts,
+            network,
+            terminal: false,
+            cgroup_path: cgroup_path(&record.id),
+            etc_files: Some(etc.clone()),
+        };
+        let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
+        let command = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
+        runtime.write_config(&dir, &spec)?;
+        let ip = match attached {
+            Some(h) => Some(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("network setup panicked"))??
+                    .ip,
+            ),
+            None => None,
+        };
+        std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
+        Ok(Prepared { ip, command })
+    })
 }
 
 pub fn cgroup_path(id: &str) -> String {
