@@ -741,17 +741,20 @@ fn gone(rev: &Revision, inst: &Instance) {
 /// Creates and starts the container, then probes its port until it accepts
 /// a connection, it exits, or the service timeout passes.
 async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
-    let r = rev.clone();
     let standby = rev.standby().bundle.take();
-    let created = tokio::task::spawn_blocking(move || {
-        let bundle = match standby {
-            Some(b) => b,
-            None => prepare_instance(&r.root, &r)?,
-        };
-        start_monitor(&r.root, &r, bundle)
-    })
-    .await
-    .context("instance start panicked")??;
+    let created = match standby {
+        // Prepared: only the monitor's thread to start, which does not
+        // block (only a failure to start it releases the bundle here).
+        Some(b) => start_monitor(&rev.root, rev, b)?,
+        None => {
+            let r = rev.clone();
+            tokio::task::spawn_blocking(move || {
+                start_monitor(&r.root, &r, prepare_instance(&r.root, &r)?)
+            })
+            .await
+            .context("instance start panicked")??
+        }
+    };
     let Created {
         id,
         name,
