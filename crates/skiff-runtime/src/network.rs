@@ -30,8 +30,8 @@ pub const PREFIX_LEN: u8 = 16;
 /// A bridge left to choose takes the lowest address among its ports, so
 /// it changes as containers come and go; every container still holding
 /// the old one for the gateway in its ARP cache then sends into the void
-/// until that entry expires: new connections to the host (the Lambda
-/// Runtime API) and replies to the gateway's stall for seconds.
+/// until that entry expires: its new connections to the host (the Lambda
+/// Runtime API) and its replies to the gateway stall for seconds.
 pub const BRIDGE_MAC: [u8; 6] = [0x0a, 0x58, 10, 89, 0, 1];
 /// Host-wide lease directory: leases must be unique across all roots.
 pub const DEFAULT_IPAM_DIR: &str = "/run/skiff/ipam";
