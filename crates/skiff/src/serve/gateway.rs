@@ -375,7 +375,7 @@ async fn proxy(
             lease.rev().metrics.request(code, began.elapsed());
             drop(lease);
         });
-        return Outcome::Proxied(Response::from_parts(parts, super::full(Bytes::new())));
+        return Outcome::Proxied(Response::from_parts(parts, super::empty()));
     }
     let body = Leased {
         inner: body,

@@ -790,15 +790,7 @@ async fn launch(rev: &Arc<Revision>) -> Result<Arc<Instance>> {
         let exited = inst.exited.clone();
         let quick = tokio::task::spawn_blocking(move || quick_probe(addr, &exited));
         if let Ok(Some(conn)) = quick.await {
-            let adopted = async {
-                conn.set_nonblocking(true)?;
-                inst.upstream
-                    .adopt(tokio::net::TcpStream::from_std(conn)?)
-                    .await
-            };
-            if let Err(e) = adopted.await {
-                tracing::debug!(instance = %inst.name, "keeping the probe's connection: {e}");
-            }
+            inst.upstream.adopt(conn).await;
             return Ok(inst);
         }
     }
@@ -892,8 +884,8 @@ async fn probe(upstream: &super::upstream::Upstream, path: Option<&str>) -> bool
         return false;
     };
     let Some(path) = path else {
-        if let Err(e) = upstream.adopt(conn).await {
-            tracing::debug!(%addr, "keeping the probe's connection: {e}");
+        if let Ok(conn) = conn.into_std() {
+            upstream.adopt(conn).await;
         }
         return true;
     };
@@ -942,21 +934,20 @@ struct Bundle {
 }
 
 impl Bundle {
-    /// Releases everything it holds (a standby no longer wanted).
-    async fn discard(self, rev: &Revision) {
+    /// Releases everything it holds (a standby no longer wanted), on a
+    /// blocking thread.
+    async fn discard(self, rev: &Arc<Revision>) {
+        let rev = rev.clone();
+        let _ = tokio::task::spawn_blocking(move || self.release(&rev)).await;
+    }
+
+    /// Releases everything it holds; blocks (unmounts, netlink, SQLite).
+    fn release(&self, rev: &Revision) {
         if let Some(slot) = &self.slot {
             rev.hub.unregister(self.ip, slot);
         }
-        let root = rev.root.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            release(
-                &Context::new(root.to_path_buf()),
-                &self.record.id,
-                &self.runtime,
-                true,
-            );
-        })
-        .await;
+        let ctx = Context::new(rev.root.to_path_buf());
+        release(&ctx, &self.record.id, &self.runtime, true);
     }
 }
 
@@ -1066,20 +1057,23 @@ fn prepare_instance(root: &Path, rev: &Revision) -> Result<Bundle> {
     })
 }
 
-/// The blocking second half of a start: the monitor thread, which runs
-/// the container.
+/// The second half of a start: the monitor thread, which runs the
+/// container. It does not block, unless the thread cannot be started: the
+/// bundle is then released here.
 fn start_monitor(root: &Path, rev: &Revision, bundle: Bundle) -> Result<Created> {
-    let Bundle {
-        record,
-        runtime,
-        ip,
-        slot,
-    } = bundle;
-    let (id, name) = (record.id.clone(), record.name.clone());
+    let (id, name, ip) = (
+        bundle.record.id.clone(),
+        bundle.record.name.clone(),
+        bundle.ip,
+    );
     let (tell, started) = oneshot::channel();
     let (exit_tx, exited) = watch::channel(false);
     let monitor = {
-        let (root, record, runtime) = (root.to_path_buf(), record.clone(), runtime.clone());
+        let (root, record, runtime) = (
+            root.to_path_buf(),
+            bundle.record.clone(),
+            bundle.runtime.clone(),
+        );
         std::thread::Builder::new()
             .name(format!("monitor {name}"))
             .spawn(move || {
@@ -1106,10 +1100,7 @@ fn start_monitor(root: &Path, rev: &Revision, bundle: Bundle) -> Result<Created>
             })
     };
     if let Err(e) = monitor {
-        if let Some(slot) = &slot {
-            rev.hub.unregister(ip, slot);
-        }
-        release(&Context::new(root.to_path_buf()), &id, &runtime, true);
+        bundle.release(rev);
         return Err(anyhow::Error::new(e).context("cannot start the monitor thread"));
     }
     Ok(Created {
@@ -1118,7 +1109,7 @@ fn start_monitor(root: &Path, rev: &Revision, bundle: Bundle) -> Result<Created>
         ip,
         started,
         exited,
-        lambda: slot,
+        lambda: bundle.slot,
     })
 }
 

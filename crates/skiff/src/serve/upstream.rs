@@ -112,10 +112,18 @@ impl Upstream {
     /// readiness probe's), for the first request: the request that waited
     /// for this instance then needs no connect of its own, and a server
     /// that forks per connection forks once, not twice.
-    pub async fn adopt(&self, stream: tokio::net::TcpStream) -> std::io::Result<()> {
-        let conn = self.handshake(stream).await?;
-        self.put(conn);
-        Ok(())
+    /// A connection that cannot be taken over is dropped: the first
+    /// request then connects as any other does.
+    pub async fn adopt(&self, stream: std::net::TcpStream) {
+        let adopted = async {
+            stream.set_nonblocking(true)?;
+            self.handshake(tokio::net::TcpStream::from_std(stream)?)
+                .await
+        };
+        match adopted.await {
+            Ok(conn) => self.put(conn),
+            Err(e) => tracing::debug!(addr = %self.addr, "keeping the probe's connection: {e}"),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{percent_decode, stream, Invocation, Reply, MAX_EVENT_PAYLOAD, MAX_PAYLOAD};
 use crate::context::Context;
 use crate::serve::instances::{Revision, Unavailable};
-use crate::serve::{full, header_str, read_body, set_header, Body, Daemon, ReadError};
+use crate::serve::{empty, full, header_str, read_body, set_header, Body, Daemon, ReadError};
 
 /// Where a retried Event invocation waits before its second and third
 /// attempts (Lambda waits a minute, then two; a local platform need not
@@ -197,7 +197,7 @@ pub async fn invoke(
     }
     match kind.as_str() {
         "DryRun" => {
-            let mut r = Response::new(full(Bytes::new()));
+            let mut r = Response::new(empty());
             *r.status_mut() = StatusCode::NO_CONTENT;
             (Some(rev), r)
         }
@@ -206,7 +206,7 @@ pub async fn invoke(
             let (d, r) = (daemon.clone(), rev.clone());
             let event_id = id.clone();
             tokio::spawn(async move { run_event(d, r, payload, meta, event_id).await });
-            let mut resp = Response::new(full(Bytes::new()));
+            let mut resp = Response::new(empty());
             *resp.status_mut() = StatusCode::ACCEPTED;
             set_header(resp.headers_mut(), "x-amzn-requestid", &id);
             (Some(rev), resp)
