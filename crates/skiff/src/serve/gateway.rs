@@ -210,12 +210,15 @@ async fn proxy(
         None => daemon.request_id(),
     };
     h.insert(REQUEST_ID, request_id.clone());
-    let peer_ip = peer.ip();
-    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {peer_ip}"),
-        None => peer_ip.to_string(),
-    };
-    set_header(h, X_FORWARDED_FOR, &xff);
+    match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            let xff = format!("{prev}, {}", peer.ip());
+            set_header(h, X_FORWARDED_FOR, &xff);
+        }
+        None => {
+            h.insert(X_FORWARDED_FOR, forwarded_for(peer.ip()));
+        }
+    }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(host) = &host {
         set_header(h, X_FORWARDED_HOST, host);
@@ -487,6 +490,35 @@ fn is_upgrade(h: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// The client's address as an `X-Forwarded-For` value. An IPv4 address
+/// is written out by hand: through `Display` it was 2% of the proxy's CPU.
+fn forwarded_for(ip: std::net::IpAddr) -> HeaderValue {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).expect("an address is a valid header value");
+    };
+    let mut out = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out[n] = b'.';
+            n += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for d in &digits[skip..] {
+            out[n] = b'0' + d;
+            n += 1;
+        }
+    }
+    HeaderValue::from_bytes(&out[..n]).expect("digits and dots are a valid header value")
+}
+
 /// A client's request id is kept if it is short printable ASCII.
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
@@ -520,7 +552,25 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    hyper::header::PROXY_AUTHENTICATE,
+    hyper::header::PROXY_AUTHORIZATION,
+    hyper::header::TE,
+    hyper::header::TRAILER,
+    hyper::header::TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Removes the [`HOP_BY_HOP`] headers and those `Connection` names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages have none: one pass over their few names costs less
+    // than a hashed lookup for each of the nine.
+    if !h.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(CONNECTION)
         .iter()
@@ -528,20 +578,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for n in listed {
-        h.remove(n);
-    }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for n in listed.iter().chain(&HOP_BY_HOP) {
         h.remove(n);
     }
 }
@@ -701,6 +738,41 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_writes_addresses_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.89.0.255",
+            "9.99.100.255",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(forwarded_for(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            hyper::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
 
     #[test]
     fn routes() {

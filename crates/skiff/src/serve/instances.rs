@@ -232,9 +232,7 @@ impl Revision {
     /// autoscaler's tick adds the rest), and waits at most the service
     /// timeout for a slot handed to it.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, Unavailable> {
-        let began = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.wait_limit();
-        let (mut rx, cold) = {
+        let (mut rx, cold, began) = {
             let mut pool = self.lock();
             if pool.retired {
                 return Err(Unavailable::Retired);
@@ -264,9 +262,11 @@ impl Revision {
             let (tx, rx) = oneshot::channel();
             pool.queue.push_back(tx);
             // Waiting for a start is a cold start; waiting for a busy
-            // instance to free a slot is queueing.
-            (rx, pool.starting > 0)
+            // instance to free a slot is queueing. (The clock is read
+            // only here, off the path of a request that finds a slot.)
+            (rx, pool.starting > 0, tokio::time::Instant::now())
         };
+        let deadline = began + self.wait_limit();
         let handed = match tokio::time::timeout_at(deadline, &mut rx).await {
             Ok(Ok(handed)) => handed,
             // The queue was dropped with the revision.
