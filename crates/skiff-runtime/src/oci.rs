@@ -22,6 +22,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::str::FromStr;
@@ -199,8 +200,17 @@ impl OciRuntime {
     }
 
     /// The binary with the global options; every command starts here.
+    /// It runs from a sealed copy when one can be made (see [`sealed`]),
+    /// under its own name.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match sealed(&self.binary) {
+            Some(copy) => {
+                let mut cmd = Command::new(copy);
+                cmd.arg0(&self.binary);
+                cmd
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.arg("--root").arg(&self.state_root);
         cmd
     }
@@ -246,9 +256,9 @@ impl OciRuntime {
         io: ContainerIo,
     ) -> Result<(), OciError> {
         let log = bundle.join(LOG_FILE);
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg("--root").arg(&self.state_root).arg(log_arg(&log));
-        cmd.arg("create")
+        let mut cmd = self.command();
+        cmd.arg(log_arg(&log))
+            .arg("create")
             .arg("--pid-file")
             .arg(pid_file)
             .arg("--bundle")
@@ -428,6 +438,67 @@ fn runtime_log_message(line: &str) -> String {
     line.to_string()
 }
 
+/// `binary`'s sealed in-memory copy, as a path to exec
+/// (`/proc/self/fd/N`): made once per process and binary, kept open for
+/// the process's life. `None` when the kernel cannot make one; the binary
+/// then runs as it is.
+///
+/// crun (and runc 1.1) guard their binary against a container that would
+/// overwrite it through `/proc/PID/exe` (CVE-2019-5736) by re-executing
+/// themselves from a read-only bind mount or a copy at every command,
+/// unless they already run from a memfd sealed against any change, which
+/// nobody can write to. Handing them such a memfd keeps the protection
+/// and spares the second exec and dynamic link: `crun run` of `true`
+/// went from 8.3 to 6.7 ms here (crun's own comment in
+/// `cloned_binary.c` suggests the same for admins). An upgrade of the
+/// runtime reaches a running daemon at its restart.
+fn sealed(binary: &Path) -> Option<PathBuf> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::sync::Mutex;
+    static COPIES: Mutex<Vec<(PathBuf, Option<OwnedFd>)>> = Mutex::new(Vec::new());
+
+    let make = || -> io::Result<OwnedFd> {
+        let name = c"skiff-sealed-runtime";
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        // SAFETY: a plain syscall with a valid C string; the descriptor it
+        // returns is owned from here on.
+        let mut fd = unsafe { libc::memfd_create(name.as_ptr(), flags | libc::MFD_EXEC) };
+        if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // A kernel before 6.3 knows no MFD_EXEC (nor any policy against
+            // executable memfds).
+            fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+        }
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by memfd_create and is ours alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut copy = std::fs::File::from(fd);
+        io::copy(&mut std::fs::File::open(binary)?, &mut copy)?;
+        // Exactly these seals: crun and runc compare them for equality.
+        let seals =
+            libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(copy.into())
+    };
+    let mut copies = COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    let fd = match copies.iter().find(|(b, _)| b == binary) {
+        Some((_, fd)) => fd.as_ref().map(|fd| fd.as_raw_fd()),
+        None => {
+            let fd = make()
+                .map_err(|e| tracing::debug!("no sealed copy of {}: {e}", binary.display()))
+                .ok();
+            let raw = fd.as_ref().map(|fd| fd.as_raw_fd());
+            copies.push((binary.to_path_buf(), fd));
+            raw
+        }
+    };
+    fd.map(|fd| PathBuf::from(format!("/proc/self/fd/{fd}")))
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -458,6 +529,35 @@ mod tests {
         cmd.get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn runtimes_run_from_a_sealed_copy_of_their_binary() {
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd as _;
+        let rt = OciRuntime::new("/bin/true", "/var/lib/skiff/crun").unwrap();
+        let mut cmd = rt.command();
+        let copy = PathBuf::from(cmd.get_program());
+        assert!(copy.starts_with("/proc/self/fd"), "{copy:?}");
+        assert_eq!(
+            std::fs::read(&copy).unwrap(),
+            std::fs::read("/bin/true").unwrap()
+        );
+        let file = std::fs::File::open(&copy).unwrap();
+        // SAFETY: fcntl on an open descriptor.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(
+            seals,
+            libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE
+        );
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&copy)
+            .and_then(|mut f| f.write_all(b"x"));
+        assert!(written.is_err(), "the copy took a write");
+        // One copy per binary, and it runs.
+        assert_eq!(rt.command().get_program(), copy.as_os_str());
+        assert!(cmd.status().unwrap().success());
     }
 
     #[test]
