@@ -199,6 +199,13 @@ impl OciRuntime {
             .map_err(|source| OciError::WriteConfig { path, source })
     }
 
+    /// Makes the sealed copy of the binary that commands run from (see
+    /// [`sealed`]) now rather than at the first command: for a caller
+    /// with time to spare while other work finishes.
+    pub fn seal(&self) {
+        sealed(&self.binary);
+    }
+
     /// The binary with the global options; every command starts here.
     /// It runs from a sealed copy when one can be made (see [`sealed`]),
     /// under its own name.

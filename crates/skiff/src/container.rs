@@ -229,6 +229,8 @@ pub fn prepare(
             .and_then(|p| p.args().clone())
             .unwrap_or_default();
         runtime.write_config(&dir, &spec)?;
+        // While the network is still being set up.
+        runtime.seal();
         let ip = match attached {
             Some(h) => Some(
                 h.join()
