@@ -70,9 +70,6 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
             &args.runtime,
         )
     };
-    let state = ctx.state()?;
-    state.insert_container(&record)?;
-    tracing::debug!("record inserted");
     // From here on the container holds resources: Ctrl-C must not kill us
     // half-way, so signals wait until it runs (and are then forwarded) or
     // until everything is released again.
@@ -84,7 +81,20 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         e
     };
     let opts = BundleOptions::from(&args);
-    let prepared = prepare(ctx, &record, &image, &opts, env, mounts).map_err(undo)?;
+    let netns_dir = ctx.netns_dir();
+    // The network namespace, the longest step (2 ms), is started first and
+    // made while the container is recorded and its bundle prepared.
+    // Undone once the scope has joined the network's thread, so that
+    // nothing it makes is missed.
+    let (state, prepared) = std::thread::scope(|s| -> Result<_> {
+        let network = start_network(s, &opts, &record.id, &netns_dir);
+        let state = ctx.state()?;
+        state.insert_container(&record)?;
+        tracing::debug!("record inserted");
+        let prepared = prepare_with(ctx, &record, &image, &opts, env, mounts, network)?;
+        Ok((state, prepared))
+    })
+    .map_err(undo)?;
     tracing::debug!("bundle prepared");
     if let Some(sig) = crate::monitor::pending(&signals) {
         release(ctx, &record.id, &runtime, true);
@@ -146,6 +156,31 @@ impl From<&RunArgs> for BundleOptions {
     }
 }
 
+/// The network namespace being set up on another thread.
+type NetworkSetup<'scope> = std::thread::ScopedJoinHandle<
+    'scope,
+    Result<skiff_runtime::network::Attachment, skiff_runtime::network::NetworkError>,
+>;
+
+/// Starts making the network namespace of container `id` on a thread of
+/// `scope`, when `args` asks for bridge networking.
+fn start_network<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    args: &BundleOptions,
+    id: &'scope str,
+    netns_dir: &'scope Path,
+) -> Option<NetworkSetup<'scope>> {
+    let bridge = !matches!(args.network.as_str(), "host" | "none");
+    bridge.then(|| {
+        scope.spawn(move || {
+            let t0 = std::time::Instant::now();
+            let att = Network::new().setup(id, netns_dir);
+            tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
+            att
+        })
+    })
+}
+
 /// Lays out `containers/<id>/`: overlay rootfs over the image's layers,
 /// network namespace, /etc files, config.json.
 pub fn prepare(
@@ -155,6 +190,27 @@ pub fn prepare(
     args: &BundleOptions,
     env: Vec<String>,
     mounts: Vec<BindMount>,
+) -> Result<Prepared> {
+    let netns_dir = ctx.netns_dir();
+    std::thread::scope(|s| {
+        let network = start_network(s, args, &record.id, &netns_dir);
+        prepare_with(ctx, record, image, args, env, mounts, network)
+    })
+}
+
+/// [`prepare`] with the network namespace already being made (by
+/// [`start_network`]): this thread mounts the rootfs and writes the config
+/// meanwhile. They need nothing from each other but the namespace's path,
+/// known from the id, and the address, which only /etc/hosts holds
+/// (written last).
+fn prepare_with(
+    ctx: &Context,
+    record: &ContainerRecord,
+    image: &Image,
+    args: &BundleOptions,
+    env: Vec<String>,
+    mounts: Vec<BindMount>,
+    attached: Option<NetworkSetup>,
 ) -> Result<Prepared> {
     let dir = ctx.container_dir(&record.id);
     let rootfs = dir.join("rootfs");
@@ -170,78 +226,63 @@ pub fn prepare(
         hostname: dir.join("hostname"),
         resolv_conf: dir.join("resolv.conf"),
     };
-    // The network namespace is made on a second thread while this one
-    // mounts the rootfs and writes the config: they need nothing from each
-    // other but the namespace's path, known from the id, and the address,
-    // which only /etc/hosts holds (written last).
-    std::thread::scope(|s| -> Result<Prepared> {
-        let bridge = !matches!(args.network.as_str(), "host" | "none");
-        let attached = bridge.then(|| {
-            s.spawn(|| {
-                let t0 = std::time::Instant::now();
-                let att = Network::new().setup(&record.id, &netns_dir);
-                tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
-                att
-            })
-        });
-        let network = match args.network.as_str() {
-            "host" => NetworkConfig::Host,
-            "none" => NetworkConfig::None,
-            _ => NetworkConfig::Path(Network::netns_path(&record.id, &netns_dir)),
-        };
-        let t0 = std::time::Instant::now();
-        // `volatile`: a container's upper directory never outlives it (there
-        // is no restart), so overlayfs need not sync it; without this,
-        // unmounting the rootfs syncs the whole filesystem under
-        // $SKIFF_ROOT (syncfs), a millisecond or more on every `run --rm`
-        // and every scale-down.
-        skiff_runtime::rootfs::mount_overlay_with(
-            &layers,
-            &dir.join("upper"),
-            &dir.join("work"),
-            &rootfs,
-            "volatile",
-        )?;
-        tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
-        std::fs::write(&etc.hostname, format!("{hostname}\n"))?;
-        std::fs::write(&etc.resolv_conf, skiff_runtime::network::resolv_conf())?;
-        let cfg = RunConfig {
-            image: image.config.config().clone().unwrap_or_default(),
-            entrypoint: args.entrypoint.clone(),
-            cmd: (!args.command.is_empty()).then(|| args.command.clone()),
-            env,
-            workdir: args.workdir.clone(),
-            user: args.user.clone(),
-            hostname: hostname.clone(),
-            memory: args.memory,
-            cpus_milli: args.cpus,
-            pids_limit: args.pids_limit,
-            mounts,
-            network,
-            terminal: false,
-            cgroup_path: cgroup_path(&record.id),
-            etc_files: Some(etc.clone()),
-        };
-        let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
-        let command = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().clone())
-            .unwrap_or_default();
-        runtime.write_config(&dir, &spec)?;
-        // While the network is still being set up.
-        runtime.seal();
-        let ip = match attached {
-            Some(h) => Some(
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("network setup panicked"))??
-                    .ip,
-            ),
-            None => None,
-        };
-        std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
-        Ok(Prepared { ip, command })
-    })
+    let network = match args.network.as_str() {
+        "host" => NetworkConfig::Host,
+        "none" => NetworkConfig::None,
+        _ => NetworkConfig::Path(Network::netns_path(&record.id, &netns_dir)),
+    };
+    let t0 = std::time::Instant::now();
+    // `volatile`: a container's upper directory never outlives it (there
+    // is no restart), so overlayfs need not sync it; without this,
+    // unmounting the rootfs syncs the whole filesystem under
+    // $SKIFF_ROOT (syncfs), a millisecond or more on every `run --rm`
+    // and every scale-down.
+    skiff_runtime::rootfs::mount_overlay_with(
+        &layers,
+        &dir.join("upper"),
+        &dir.join("work"),
+        &rootfs,
+        "volatile",
+    )?;
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
+    std::fs::write(&etc.hostname, format!("{hostname}\n"))?;
+    std::fs::write(&etc.resolv_conf, skiff_runtime::network::resolv_conf())?;
+    let cfg = RunConfig {
+        image: image.config.config().clone().unwrap_or_default(),
+        entrypoint: args.entrypoint.clone(),
+        cmd: (!args.command.is_empty()).then(|| args.command.clone()),
+        env,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        hostname: hostname.clone(),
+        memory: args.memory,
+        cpus_milli: args.cpus,
+        pids_limit: args.pids_limit,
+        mounts,
+        network,
+        terminal: false,
+        cgroup_path: cgroup_path(&record.id),
+        etc_files: Some(etc.clone()),
+    };
+    let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
+    let command = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.args().clone())
+        .unwrap_or_default();
+    runtime.write_config(&dir, &spec)?;
+    // While the network is still being set up.
+    runtime.seal();
+    let ip = match attached {
+        Some(h) => Some(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("network setup panicked"))??
+                .ip,
+        ),
+        None => None,
+    };
+    std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
+    Ok(Prepared { ip, command })
 }
 
 pub fn cgroup_path(id: &str) -> String {
