@@ -5,7 +5,6 @@
 //! pooled keep-alive connection, bodies streamed both ways.
 
 use std::future::Future as _;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,11 +23,9 @@ use hyper_util::rt::TokioIo;
 use super::instances::{Lease, Revision, Unavailable};
 use super::lambda;
 use super::upstream::SendError;
-use super::{json_error, set_header, Body, BoxError, Daemon};
+use super::{json_error, set_header, Body, BoxError, Daemon, Peer};
 use hyper::client::conn::http1::SendRequest;
 use skiff_core::Mode;
-
-type Fut = Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
 
 /// Request bodies larger than this get 413 (Cloud Run's HTTP/1 limit).
 pub const MAX_BODY: u64 = 32 << 20;
@@ -43,10 +40,6 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 const X_SKIFF_REVISION: HeaderName = HeaderName::from_static("x-skiff-revision");
 const X_SKIFF_COLD_START: HeaderName = HeaderName::from_static("x-skiff-cold-start");
-
-pub fn handle(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -> Fut {
-    Box::pin(answer(daemon, peer, req))
-}
 
 /// Where a request goes: the service, and for path routing the prefix
 /// taken off and the path left.
@@ -104,7 +97,8 @@ enum Outcome {
     Gateway(Option<Arc<Revision>>, Response<Body>),
 }
 
-async fn answer(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// Answers one request to the gateway: the Lambda API's, or a service's.
+pub async fn handle(daemon: Arc<Daemon>, peer: Peer, req: Request<Incoming>) -> Response<Body> {
     let began = Instant::now();
     let path = req.uri().path();
     let outcome = if lambda::manage::is_manage_path(path) || lambda::invoke::is_invoke_path(path) {
@@ -113,7 +107,7 @@ async fn answer(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -
             Err(resp) => Outcome::Gateway(None, resp),
         }
     } else {
-        proxy(&daemon, peer, req, began).await
+        proxy(&daemon, &peer, req, began).await
     };
     match outcome {
         Outcome::Proxied(resp) => resp,
@@ -130,17 +124,23 @@ async fn answer(daemon: Arc<Daemon>, peer: SocketAddr, req: Request<Incoming>) -
 
 async fn proxy(
     daemon: &Arc<Daemon>,
-    peer: SocketAddr,
+    peer: &Peer,
     mut req: Request<Incoming>,
     began: Instant,
 ) -> Outcome {
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    let Some(route) = route(host.as_deref(), req.uri().path()) else {
+    // The client's Host (an HTTP/2 client sends it as the URI's
+    // authority), kept as it came: it is also forwarded.
+    let host = match req.headers().get(HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let Some(route) = route(
+        host.as_ref().and_then(|h| h.to_str().ok()),
+        req.uri().path(),
+    ) else {
         return Outcome::Gateway(
             None,
             json_error(
@@ -191,7 +191,7 @@ async fn proxy(
         let path_and_query = path_and_query(&parts.uri);
         let req = Request::from_parts(parts, body);
         return Outcome::Proxied(
-            lambda::url::handle(daemon, &rev, peer, &path_and_query, req).await,
+            lambda::url::handle(daemon, &rev, peer.addr, &path_and_query, req).await,
         );
     }
     let keep_upgrade = upgrade
@@ -212,16 +212,16 @@ async fn proxy(
     h.insert(REQUEST_ID, request_id.clone());
     match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => {
-            let xff = format!("{prev}, {}", peer.ip());
+            let xff = format!("{prev}, {}", peer.addr.ip());
             set_header(h, X_FORWARDED_FOR, &xff);
         }
         None => {
-            h.insert(X_FORWARDED_FOR, forwarded_for(peer.ip()));
+            h.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
         }
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(host) = &host {
-        set_header(h, X_FORWARDED_HOST, host);
+        h.insert(X_FORWARDED_HOST, host.clone());
     }
     if let Some((prefix, _)) = &route.stripped {
         set_header(h, X_FORWARDED_PREFIX, prefix);
@@ -229,8 +229,8 @@ async fn proxy(
     // The instance sees the client's Host (an HTTP/2 client sends it as
     // the URI's authority; one without any gets the instance's address).
     if !h.contains_key(HOST) {
-        if let Some(Ok(v)) = host.as_deref().map(HeaderValue::from_str) {
-            h.insert(HOST, v);
+        if let Some(host) = host {
+            h.insert(HOST, host);
         }
     }
     // The request goes out in origin form (`/path?query`).
@@ -490,35 +490,6 @@ fn is_upgrade(h: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// The client's address as an `X-Forwarded-For` value. An IPv4 address
-/// is written out by hand: through `Display` it was 2% of the proxy's CPU.
-fn forwarded_for(ip: std::net::IpAddr) -> HeaderValue {
-    let std::net::IpAddr::V4(v4) = ip else {
-        return HeaderValue::from_str(&ip.to_string()).expect("an address is a valid header value");
-    };
-    let mut out = [0u8; 15];
-    let mut n = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            out[n] = b'.';
-            n += 1;
-        }
-        let digits = [octet / 100, octet / 10 % 10, octet % 10];
-        let skip = if octet >= 100 {
-            0
-        } else if octet >= 10 {
-            1
-        } else {
-            2
-        };
-        for d in &digits[skip..] {
-            out[n] = b'0' + d;
-            n += 1;
-        }
-    }
-    HeaderValue::from_bytes(&out[..n]).expect("digits and dots are a valid header value")
-}
-
 /// A client's request id is kept if it is short printable ASCII.
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
@@ -738,22 +709,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forwarded_for_writes_addresses_as_display_does() {
-        for ip in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.89.0.255",
-            "9.99.100.255",
-            "255.255.255.255",
-            "::1",
-            "fe80::1",
-        ] {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(forwarded_for(ip).to_str().unwrap(), ip.to_string());
-        }
-    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_stripped() {

@@ -93,8 +93,10 @@ impl Daemon {
     /// so a 90/10 split is 90/10 on average, not in every window of ten).
     /// Shares of 0 are reachable only by their tag.
     fn pick(&self, service: &str) -> Option<Arc<Revision>> {
-        let split = self.split(service)?;
-        let i = choose(split.iter().map(|t| t.percent), (self.roll() % 100) as u32);
+        let roll = (self.roll() % 100) as u32;
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let split = routes.get(service)?;
+        let i = choose(split.iter().map(|t| t.percent), roll);
         split.get(i).map(|t| t.rev.clone())
     }
 
@@ -478,15 +480,34 @@ async fn autoscale(daemon: Arc<Daemon>) {
     }
 }
 
-type Handler = fn(
-    Arc<Daemon>,
-    SocketAddr,
-    Request<Incoming>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>;
+/// A client connection: its address, and that address as an
+/// `X-Forwarded-For` value, written once per connection rather than for
+/// every request on it.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub forwarded_for: hyper::header::HeaderValue,
+}
 
-async fn accept_tcp(listener: tokio::net::TcpListener, daemon: Arc<Daemon>, handler: Handler) {
+impl Peer {
+    fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            forwarded_for: hyper::header::HeaderValue::from_str(&addr.ip().to_string())
+                .expect("an address is a valid header value"),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 and h2c on `listener` with `handler`. (Generic, not a
+/// boxed future per request: hyper keeps one slot per connection for it.)
+async fn accept_tcp<F, Fut>(listener: tokio::net::TcpListener, daemon: Arc<Daemon>, handler: F)
+where
+    F: Fn(Arc<Daemon>, Peer, Request<Incoming>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, addr) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("accept: {e}");
@@ -497,8 +518,9 @@ async fn accept_tcp(listener: tokio::net::TcpListener, daemon: Arc<Daemon>, hand
         let _ = stream.set_nodelay(true);
         let d = daemon.clone();
         tokio::spawn(async move {
+            let peer = Peer::new(addr);
             let service = hyper::service::service_fn(move |req| {
-                let fut = handler(d.clone(), peer, req);
+                let fut = handler(d.clone(), peer.clone(), req);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             // HTTP/1.1, or h2c (HTTP/2 with prior knowledge, as gRPC
@@ -520,7 +542,7 @@ async fn accept_tcp(listener: tokio::net::TcpListener, daemon: Arc<Daemon>, hand
                 .max_concurrent_streams(256);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection: {e}");
+                tracing::debug!(peer = %addr, "connection: {e}");
             }
         });
     }
@@ -553,44 +575,36 @@ async fn accept_unix(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
 
 /// The control API over TCP: only with the bearer token, checked before
 /// anything else (the unix socket is root's alone and needs none).
-fn control_handle(
+async fn control_handle(
     daemon: Arc<Daemon>,
-    _peer: SocketAddr,
+    _peer: Peer,
     req: Request<Incoming>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
-    Box::pin(async move {
-        let Some(token) = daemon.control_token.as_deref() else {
-            return json_error(StatusCode::UNAUTHORIZED, "no control token is set");
-        };
-        if let Some(refused) = auth::refused(&req, token) {
-            return refused;
-        }
-        api::handle(daemon, req).await
-    })
+) -> Response<Body> {
+    let Some(token) = daemon.control_token.as_deref() else {
+        return json_error(StatusCode::UNAUTHORIZED, "no control token is set");
+    };
+    if let Some(refused) = auth::refused(&req, token) {
+        return refused;
+    }
+    api::handle(daemon, req).await
 }
 
 /// `/metrics` (Prometheus text) and `/healthz`.
-fn admin_handle(
-    daemon: Arc<Daemon>,
-    _peer: SocketAddr,
-    req: Request<Incoming>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> {
-    Box::pin(async move {
-        match req.uri().path() {
-            "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
-            "/metrics" => {
-                let revs = daemon.revisions();
-                let unrouted = daemon
-                    .unrouted
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let out = render_metrics(&revs, &unrouted);
-                text(StatusCode::OK, out)
-            }
-            _ => json_error(StatusCode::NOT_FOUND, "not found: try /metrics"),
+async fn admin_handle(daemon: Arc<Daemon>, _peer: Peer, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
+        "/metrics" => {
+            let revs = daemon.revisions();
+            let unrouted = daemon
+                .unrouted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let out = render_metrics(&revs, &unrouted);
+            text(StatusCode::OK, out)
         }
-    })
+        _ => json_error(StatusCode::NOT_FOUND, "not found: try /metrics"),
+    }
 }
 
 /// Each revision's pool is counted at the moment of the scrape.
