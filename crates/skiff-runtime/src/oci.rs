@@ -447,8 +447,8 @@ fn runtime_log_message(line: &str) -> String {
 
 /// `binary`'s sealed in-memory copy, as a path to exec
 /// (`/proc/self/fd/N`): made once per process and binary, kept open for
-/// the process's life. `None` when the kernel cannot make one; the binary
-/// then runs as it is.
+/// the process's life. `None` for a script, or when the kernel cannot
+/// make one: the binary then runs as it is.
 ///
 /// crun (and runc 1.1) guard their binary against a container that would
 /// overwrite it through `/proc/PID/exe` (CVE-2019-5736) by re-executing
@@ -465,6 +465,13 @@ fn sealed(binary: &Path) -> Option<PathBuf> {
     static COPIES: Mutex<Vec<(PathBuf, Option<OwnedFd>)>> = Mutex::new(Vec::new());
 
     let make = || -> io::Result<OwnedFd> {
+        // A script (a wrapper around a runtime) cannot run from a
+        // close-on-exec descriptor: its interpreter would find it closed.
+        let mut magic = [0u8; 4];
+        io::Read::read_exact(&mut std::fs::File::open(binary)?, &mut magic)?;
+        if &magic != b"\x7fELF" {
+            return Err(io::Error::other("not an ELF binary"));
+        }
         let name = c"skiff-sealed-runtime";
         let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
         // SAFETY: a plain syscall with a valid C string; the descriptor it
@@ -564,6 +571,19 @@ mod tests {
         assert!(written.is_err(), "the copy took a write");
         // One copy per binary, and it runs.
         assert_eq!(rt.command().get_program(), copy.as_os_str());
+        assert!(cmd.status().unwrap().success());
+    }
+
+    #[test]
+    fn a_runtime_that_is_a_script_runs_as_it_is() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("wrapped-runtime");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let rt = OciRuntime::new(&script, dir.path().join("state")).unwrap();
+        let mut cmd = rt.command();
+        assert_eq!(cmd.get_program(), script.as_os_str());
         assert!(cmd.status().unwrap().success());
     }
 
