@@ -173,6 +173,13 @@ fn rm_force_stops_and_cleans_up() {
     let img = s.load_busybox();
     s.ok(&["run", "-d", "--name", "sleeper", img, "sleep", "1000"]);
     assert!(s.ok(&["ps"]).contains("sleeper"));
+    // A name in use is refused once the network is already being made for
+    // the new container: what was made for it goes again.
+    let before = s.leftovers();
+    let err = s.fails(&["run", "--rm", "--name", "sleeper", img, "true"]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(s.leftovers(), before);
+    assert_eq!(s.ok(&["ps", "-aq"]).lines().count(), 1);
     s.ok(&["rm", "-f", "sleeper"]);
     assert!(!s.ok(&["ps", "-a"]).contains("sleeper"));
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
