@@ -168,7 +168,7 @@ fn start(
     opts: &Options,
 ) -> Result<Started> {
     skiff_runtime::cgroups::prepare_host(runtime.name())?;
-    let dir = ctx.container_dir(&record.id);
+    let dir = ctx.bundle_dir(&record.id);
     let pid_file = dir.join("pid");
     let log_file = dir.join(LOG_FILE);
     let mut cmd = runtime.run_command(&record.id, &dir, &pid_file, &log_file);

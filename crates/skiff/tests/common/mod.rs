@@ -121,8 +121,9 @@ impl Skiff {
                 .map(|l| format!("mount: {l}")),
         );
         let containers = self.root.path().join("containers");
+        let bundles = self.run_dir().join("containers");
         let netns = self.run_dir().join("netns");
-        for dir in [containers, netns] {
+        for dir in [containers, bundles, netns] {
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 found.extend(rd.flatten().map(|e| e.path().display().to_string()));
             }
