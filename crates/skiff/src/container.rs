@@ -218,7 +218,10 @@ fn prepare_with(
     for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let layers = ctx.store()?.layer_dirs(image)?;
+    let mut layers = ctx.store()?.layer_dirs(image)?;
+    if etc_is_a_directory(&layers) {
+        layers.push(ctx.init_layer()?);
+    }
     let runtime = OciRuntime::new(&record.runtime, ctx.runtime_state_dir(&record.runtime))?;
     let netns_dir = ctx.netns_dir();
     let hostname = record.id[..12].to_string();
@@ -284,6 +287,18 @@ fn prepare_with(
     };
     std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
     Ok(Prepared { ip, command })
+}
+
+/// Whether `/etc` in the rootfs over `layers` (base first) is a directory
+/// or absent, so that the init layer's `/etc` merges with it. Anything
+/// else (a symlink, a whiteout) would be hidden by a directory above it,
+/// so those images go without the init layer.
+fn etc_is_a_directory(layers: &[PathBuf]) -> bool {
+    layers
+        .iter()
+        .rev()
+        .find_map(|l| std::fs::symlink_metadata(l.join("etc")).ok())
+        .is_none_or(|m| m.is_dir())
 }
 
 pub fn cgroup_path(id: &str) -> String {
@@ -618,6 +633,28 @@ fn parse_volumes(specs: &[String]) -> Result<Vec<BindMount>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_init_layer_goes_only_over_an_etc_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let layer = |name: &str| {
+            let p = d.path().join(name);
+            std::fs::create_dir(&p).unwrap();
+            p
+        };
+        let (base, top, other) = (layer("base"), layer("top"), layer("other"));
+        assert!(
+            etc_is_a_directory(std::slice::from_ref(&base)),
+            "no /etc at all"
+        );
+        std::fs::create_dir(base.join("etc")).unwrap();
+        assert!(etc_is_a_directory(&[base.clone(), top.clone()]));
+        // The topmost layer that has an /etc decides.
+        std::os::unix::fs::symlink("/nix/store/etc", top.join("etc")).unwrap();
+        assert!(!etc_is_a_directory(&[base.clone(), top.clone()]));
+        std::fs::create_dir(other.join("etc")).unwrap();
+        assert!(etc_is_a_directory(&[base, top, other]));
+    }
 
     #[test]
     fn env_and_volumes() {

@@ -5,6 +5,8 @@
 //!   images/            content store (an OCI image layout + unpacked layers)
 //!   containers/<id>/   what a container writes: upper, work (its overlay's
 //!                      writable layer), container.log
+//!   init-layer/etc/    empty hosts, hostname, resolv.conf: the top layer of
+//!                      every container's rootfs (see `Context::init_layer`)
 //!   logs/<service>/    service instances' output, which outlives them:
 //!                      <instance>.log (and .log.1, rotated)
 //!   state.db           SQLite: containers, services, revisions, traffic
@@ -99,6 +101,46 @@ impl Context {
     /// directories and its log.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)
+    }
+
+    /// The layer put above an image's own in every container's rootfs, as
+    /// Docker's "init layer": an `/etc` with empty `hosts`, `hostname` and
+    /// `resolv.conf`, which the runtime bind-mounts over. Images do not
+    /// carry these files, so without it the runtime creates them, and
+    /// `/etc`, in each container's upper directory on disk, to be removed
+    /// again with the container. Made once, whole or not at all (built
+    /// aside, then renamed into place).
+    pub fn init_layer(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.root.join("init-layer");
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        self.ensure_root()?;
+        let tmp = self
+            .root
+            .join(format!(".init-layer.{}", std::process::id()));
+        let made = (|| -> std::io::Result<()> {
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(tmp.join("etc"))?;
+            for d in [&tmp, &tmp.join("etc")] {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+            }
+            for f in ["hosts", "hostname", "resolv.conf"] {
+                let f = tmp.join("etc").join(f);
+                std::fs::File::create(&f)?;
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644))?;
+            }
+            std::fs::rename(&tmp, &dir)
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // Another process put it in place first.
+            if !dir.is_dir() {
+                return Err(e).with_context(|| format!("cannot make {}", dir.display()));
+            }
+        }
+        Ok(dir)
     }
 
     /// The OCI bundle container `id` runs from (see the module docs).

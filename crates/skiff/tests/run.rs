@@ -168,6 +168,29 @@ fn memory_limit_kills_a_hog_with_137() {
 }
 
 #[test]
+fn a_container_that_writes_nothing_leaves_its_writable_layer_empty() {
+    // /etc/hosts, /etc/hostname and /etc/resolv.conf, which images do not
+    // carry, come from the init layer, not from files made in the upper
+    // directory; the image's own /etc is still there.
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    let out = s.ok(&["run", "--name", "quiet", img, "ls", "/etc"]);
+    for f in ["hostname", "hosts", "passwd", "resolv.conf"] {
+        assert!(out.lines().any(|l| l == f), "{f} missing from /etc: {out}");
+    }
+    let containers: Vec<_> = std::fs::read_dir(s.root.path().join("containers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(containers.len(), 1);
+    let upper = containers[0].path().join("upper");
+    let written: Vec<_> = std::fs::read_dir(&upper).unwrap().flatten().collect();
+    assert!(written.is_empty(), "{written:?}");
+    s.ok(&["rm", "quiet"]);
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
 fn rm_force_stops_and_cleans_up() {
     let s = Skiff::new();
     let img = s.load_busybox();
