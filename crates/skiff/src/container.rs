@@ -305,8 +305,8 @@ pub fn cgroup_path(id: &str) -> String {
     format!("/skiff/{id}")
 }
 
-/// Releases what a container holds; with `remove`, also its directory and
-/// record. Idempotent; failures are logged, not returned, because every
+/// Releases what a container holds; with `remove`, also its directories
+/// (the bundle and what it wrote) and its record. Idempotent; failures are logged, not returned, because every
 /// step must be tried even when an earlier one fails.
 pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
     if let Err(e) = runtime.delete(id, true) {
