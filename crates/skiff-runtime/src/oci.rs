@@ -203,14 +203,23 @@ impl OciRuntime {
     /// [`sealed`]) now rather than at the first command: for a caller
     /// with time to spare while other work finishes.
     pub fn seal(&self) {
-        sealed(&self.binary);
+        self.sealed();
+    }
+
+    /// The sealed copy, for the runtimes known to look for one (crun, and
+    /// runc 1.1): another runtime may find its own files through
+    /// `/proc/self/exe`, and has nothing to gain.
+    fn sealed(&self) -> Option<PathBuf> {
+        matches!(self.name.as_str(), "crun" | "runc")
+            .then(|| sealed(&self.binary))
+            .flatten()
     }
 
     /// The binary with the global options; every command starts here.
     /// It runs from a sealed copy when one can be made (see [`sealed`]),
     /// under its own name.
     pub fn command(&self) -> Command {
-        let mut cmd = match sealed(&self.binary) {
+        let mut cmd = match self.sealed() {
             Some(copy) => {
                 let mut cmd = Command::new(copy);
                 cmd.arg0(&self.binary);
@@ -553,14 +562,15 @@ mod tests {
     fn runtimes_run_from_a_sealed_copy_of_their_binary() {
         use std::io::Write as _;
         use std::os::fd::AsRawFd as _;
-        let rt = OciRuntime::new("/bin/true", "/var/lib/skiff/crun").unwrap();
+        // A stand-in crun that does nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let crun = dir.path().join("crun");
+        std::fs::copy("/bin/true", &crun).unwrap();
+        let rt = OciRuntime::new(&crun, dir.path().join("state")).unwrap();
         let mut cmd = rt.command();
         let copy = PathBuf::from(cmd.get_program());
         assert!(copy.starts_with("/proc/self/fd"), "{copy:?}");
-        assert_eq!(
-            std::fs::read(&copy).unwrap(),
-            std::fs::read("/bin/true").unwrap()
-        );
+        assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&crun).unwrap());
         let file = std::fs::File::open(&copy).unwrap();
         // SAFETY: fcntl on an open descriptor.
         let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
@@ -579,10 +589,12 @@ mod tests {
     }
 
     #[test]
-    fn a_runtime_that_is_a_script_runs_as_it_is() {
+    fn other_runtimes_and_scripts_run_as_they_are() {
+        let rt = OciRuntime::new("/bin/true", "/var/lib/skiff/true").unwrap();
+        assert_eq!(rt.command().get_program(), "/bin/true");
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("wrapped-runtime");
+        let script = dir.path().join("crun");
         std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let rt = OciRuntime::new(&script, dir.path().join("state")).unwrap();

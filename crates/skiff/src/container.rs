@@ -70,6 +70,11 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
             &args.runtime,
         )
     };
+    // The record comes first: whatever is made after it, a crash included,
+    // is found from it and released.
+    let state = ctx.state()?;
+    state.insert_container(&record)?;
+    tracing::debug!("record inserted");
     // From here on the container holds resources: Ctrl-C must not kill us
     // half-way, so signals wait until it runs (and are then forwarded) or
     // until everything is released again.
@@ -81,20 +86,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         e
     };
     let opts = BundleOptions::from(&args);
-    let netns_dir = ctx.netns_dir();
-    // The network namespace, the longest step (2 ms), is started first and
-    // made while the container is recorded and its bundle prepared.
-    // Undone once the scope has joined the network's thread, so that
-    // nothing it makes is missed.
-    let (state, prepared) = std::thread::scope(|s| -> Result<_> {
-        let network = start_network(s, &opts, &record.id, &netns_dir);
-        let state = ctx.state()?;
-        state.insert_container(&record)?;
-        tracing::debug!("record inserted");
-        let prepared = prepare_with(ctx, &record, &image, &opts, env, mounts, network)?;
-        Ok((state, prepared))
-    })
-    .map_err(undo)?;
+    let prepared = prepare(ctx, &record, &image, &opts, env, mounts).map_err(undo)?;
     tracing::debug!("bundle prepared");
     if let Some(sig) = crate::monitor::pending(&signals) {
         release(ctx, &record.id, &runtime, true);
@@ -156,33 +148,8 @@ impl From<&RunArgs> for BundleOptions {
     }
 }
 
-/// The network namespace being set up on another thread.
-type NetworkSetup<'scope> = std::thread::ScopedJoinHandle<
-    'scope,
-    Result<skiff_runtime::network::Attachment, skiff_runtime::network::NetworkError>,
->;
-
-/// Starts making the network namespace of container `id` on a thread of
-/// `scope`, when `args` asks for bridge networking.
-fn start_network<'scope>(
-    scope: &'scope std::thread::Scope<'scope, '_>,
-    args: &BundleOptions,
-    id: &'scope str,
-    netns_dir: &'scope Path,
-) -> Option<NetworkSetup<'scope>> {
-    let bridge = !matches!(args.network.as_str(), "host" | "none");
-    bridge.then(|| {
-        scope.spawn(move || {
-            let t0 = std::time::Instant::now();
-            let att = Network::new().setup(id, netns_dir);
-            tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
-            att
-        })
-    })
-}
-
-/// Lays out `containers/<id>/`: overlay rootfs over the image's layers,
-/// network namespace, /etc files, config.json.
+/// Lays out the container's bundle (config.json, /etc files, the overlay
+/// rootfs over the image's layers) and its network namespace.
 pub fn prepare(
     ctx: &Context,
     record: &ContainerRecord,
@@ -192,18 +159,32 @@ pub fn prepare(
     mounts: Vec<BindMount>,
 ) -> Result<Prepared> {
     let netns_dir = ctx.netns_dir();
+    // The network namespace is made on a second thread while this one
+    // mounts the rootfs and writes the config: they need nothing from each
+    // other but the namespace's path, known from the id, and the address,
+    // which only /etc/hosts holds (written last).
     std::thread::scope(|s| {
-        let network = start_network(s, args, &record.id, &netns_dir);
-        prepare_with(ctx, record, image, args, env, mounts, network)
+        let bridge = !matches!(args.network.as_str(), "host" | "none");
+        let attached = bridge.then(|| {
+            s.spawn(|| {
+                let t0 = std::time::Instant::now();
+                let att = Network::new().setup(&record.id, &netns_dir);
+                tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
+                att
+            })
+        });
+        lay_out(ctx, record, image, args, env, mounts, attached)
     })
 }
 
-/// [`prepare`] with the network namespace already being made (by
-/// [`start_network`]): this thread mounts the rootfs and writes the config
-/// meanwhile. They need nothing from each other but the namespace's path,
-/// known from the id, and the address, which only /etc/hosts holds
-/// (written last).
-fn prepare_with(
+/// The network namespace being set up on another thread.
+type NetworkSetup<'scope> = std::thread::ScopedJoinHandle<
+    'scope,
+    Result<skiff_runtime::network::Attachment, skiff_runtime::network::NetworkError>,
+>;
+
+/// [`prepare`]'s part on the calling thread; waits for `attached`.
+fn lay_out(
     ctx: &Context,
     record: &ContainerRecord,
     image: &Image,
@@ -214,21 +195,25 @@ fn prepare_with(
 ) -> Result<Prepared> {
     let dir = ctx.container_dir(&record.id);
     let bundle = ctx.bundle_dir(&record.id);
+    ctx.ensure_bundles_dir()?;
     let rootfs = bundle.join("rootfs");
     for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let mut layers = ctx.store()?.layer_dirs(image)?;
-    if etc_is_a_directory(&layers) {
+    if etc_is_plain(&layers) {
         layers.push(ctx.init_layer()?);
     }
     let runtime = OciRuntime::new(&record.runtime, ctx.runtime_state_dir(&record.runtime))?;
     let netns_dir = ctx.netns_dir();
     let hostname = record.id[..12].to_string();
     let etc = EtcFiles {
-        hosts: bundle.join("hosts"),
-        hostname: bundle.join("hostname"),
-        resolv_conf: bundle.join("resolv.conf"),
+        // On disk, not in the bundle on tmpfs: the container may write to
+        // them (they are mounted read-write, as Docker's), and what it
+        // writes must not fill the host's /run.
+        hosts: dir.join("hosts"),
+        hostname: dir.join("hostname"),
+        resolv_conf: dir.join("resolv.conf"),
     };
     let network = match args.network.as_str() {
         "host" => NetworkConfig::Host,
@@ -289,16 +274,18 @@ fn prepare_with(
     Ok(Prepared { ip, command })
 }
 
-/// Whether `/etc` in the rootfs over `layers` (base first) is a directory
-/// or absent, so that the init layer's `/etc` merges with it. Anything
-/// else (a symlink, a whiteout) would be hidden by a directory above it,
-/// so those images go without the init layer.
-fn etc_is_a_directory(layers: &[PathBuf]) -> bool {
+/// Whether `/etc` in the rootfs over `layers` (base first) is absent or a
+/// directory the init layer's `/etc` can go over unnoticed: root's, mode
+/// 0755. The topmost layer's directory gives the merged one its owner and
+/// mode, and a directory hides a symlink or a whiteout below it, so other
+/// images go without the init layer.
+fn etc_is_plain(layers: &[PathBuf]) -> bool {
+    use std::os::unix::fs::MetadataExt;
     layers
         .iter()
         .rev()
         .find_map(|l| std::fs::symlink_metadata(l.join("etc")).ok())
-        .is_none_or(|m| m.is_dir())
+        .is_none_or(|m| m.is_dir() && m.uid() == 0 && m.gid() == 0 && m.mode() & 0o7777 == 0o755)
 }
 
 pub fn cgroup_path(id: &str) -> String {
@@ -313,9 +300,17 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
         tracing::debug!(id, "runtime delete: {e}");
     }
     let (dir, bundle) = (ctx.container_dir(id), ctx.bundle_dir(id));
-    if let Err(e) = skiff_runtime::rootfs::unmount(&bundle.join("rootfs")) {
-        tracing::warn!(id, "unmount rootfs: {e}");
+    // (A container prepared by an older Skiff has its rootfs in `dir`.)
+    let mut unmounted = true;
+    for rootfs in [bundle.join("rootfs"), dir.join("rootfs")] {
+        if let Err(e) = skiff_runtime::rootfs::unmount(&rootfs) {
+            tracing::warn!(id, "unmount rootfs: {e}");
+            unmounted = false;
+        }
     }
+    // Never delete through a rootfs still mounted: its directories and
+    // the record stay, for a later release to finish.
+    let remove = remove && unmounted;
     let remove_dir = |dir: &Path| {
         if let Err(e) = std::fs::remove_dir_all(dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -324,19 +319,26 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
         }
     };
     std::thread::scope(|s| {
-        // Once the rootfs is unmounted, the directory on disk (upper and
-        // work: 0.7 ms here) goes on a second thread while the network and
-        // the cgroup are released on this one.
-        let removing = remove.then(|| s.spawn(|| remove_dir(&dir)));
+        // The directory on disk (upper and work: 0.7 ms here) goes on a
+        // second thread while the network and the cgroup are released on
+        // this one (or after them, should no thread start).
+        let removing = remove.then(|| {
+            std::thread::Builder::new()
+                .spawn_scoped(s, || remove_dir(&dir))
+                .ok()
+        });
         if let Err(e) = Network::new().teardown_by_id(id, &ctx.netns_dir()) {
             tracing::warn!(id, "network teardown: {e}");
         }
         skiff_runtime::cgroups::remove_cgroup(&cgroup_path(id));
         if remove {
             remove_dir(&bundle);
-        }
-        if let Some(removing) = removing {
-            let _ = removing.join();
+            match removing.flatten() {
+                Some(removing) => {
+                    let _ = removing.join();
+                }
+                None => remove_dir(&dir),
+            }
         }
     });
     tracing::debug!("rootfs, network, cgroup and directories released");
@@ -635,25 +637,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_init_layer_goes_only_over_an_etc_directory() {
+    fn the_init_layer_goes_only_over_a_plain_etc() {
+        use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let layer = |name: &str| {
             let p = d.path().join(name);
             std::fs::create_dir(&p).unwrap();
             p
         };
-        let (base, top, other) = (layer("base"), layer("top"), layer("other"));
-        assert!(
-            etc_is_a_directory(std::slice::from_ref(&base)),
-            "no /etc at all"
-        );
-        std::fs::create_dir(base.join("etc")).unwrap();
-        assert!(etc_is_a_directory(&[base.clone(), top.clone()]));
+        let etc = |l: &Path, mode: u32| {
+            std::fs::create_dir(l.join("etc")).unwrap();
+            std::fs::set_permissions(l.join("etc"), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let (base, top, other, last) = (layer("base"), layer("top"), layer("other"), layer("last"));
+        assert!(etc_is_plain(std::slice::from_ref(&base)), "no /etc at all");
+        etc(&base, 0o755);
+        assert!(etc_is_plain(&[base.clone(), top.clone()]));
         // The topmost layer that has an /etc decides.
         std::os::unix::fs::symlink("/nix/store/etc", top.join("etc")).unwrap();
-        assert!(!etc_is_a_directory(&[base.clone(), top.clone()]));
-        std::fs::create_dir(other.join("etc")).unwrap();
-        assert!(etc_is_a_directory(&[base, top, other]));
+        assert!(!etc_is_plain(&[base.clone(), top.clone()]));
+        etc(&other, 0o755);
+        assert!(etc_is_plain(&[base.clone(), top.clone(), other.clone()]));
+        // Its owner and mode would be the init layer's.
+        etc(&last, 0o775);
+        assert!(!etc_is_plain(&[
+            base.clone(),
+            top.clone(),
+            other.clone(),
+            last.clone()
+        ]));
+        std::fs::set_permissions(last.join("etc"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(last.join("etc"), Some(1000), Some(1000)).unwrap();
+        assert!(!etc_is_plain(&[base, top, other, last]));
     }
 
     #[test]

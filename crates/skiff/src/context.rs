@@ -37,6 +37,19 @@ use skiff_core::ServiceName;
 use skiff_image::store::Store;
 use skiff_state::State;
 
+/// Creates `dir` (and its parents) private to its owner, or makes it so.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if std::fs::metadata(dir)?.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 pub struct Context {
     pub root: PathBuf,
     /// The daemon the CLI talks to (`--host`): `tcp://HOST:PORT`, or none
@@ -60,23 +73,12 @@ impl Context {
     /// container upper dirs hold files the images own, setuid-root ones
     /// included, which no other local user may reach (CVE-2021-41091).
     fn ensure_root(&self) -> Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let created = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root);
-        created.with_context(|| {
+        private_dir(&self.root).with_context(|| {
             format!(
                 "cannot create the data directory {} (set SKIFF_ROOT or run as root)",
                 self.root.display()
             )
-        })?;
-        let meta = std::fs::metadata(&self.root)?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("cannot make {} private", self.root.display()))?;
-        }
-        Ok(())
+        })
     }
 
     pub fn store(&self) -> Result<&Store> {
@@ -103,13 +105,14 @@ impl Context {
         self.root.join("containers").join(id)
     }
 
-    /// The layer put above an image's own in every container's rootfs, as
-    /// Docker's "init layer": an `/etc` with empty `hosts`, `hostname` and
-    /// `resolv.conf`, which the runtime bind-mounts over. Images do not
-    /// carry these files, so without it the runtime creates them, and
-    /// `/etc`, in each container's upper directory on disk, to be removed
-    /// again with the container. Made once, whole or not at all (built
-    /// aside, then renamed into place).
+    /// The layer put above an image's own in a container's rootfs, like
+    /// Docker's "init layer": an `/etc` (root's, 0755) with empty `hosts`,
+    /// `hostname` and `resolv.conf`, which the runtime bind-mounts over.
+    /// Images do not carry these files, so without it the runtime creates
+    /// them, and `/etc`, in each container's upper directory on disk, to be
+    /// removed again with the container. Made once, whole or not at all
+    /// (built aside under a name no other thread or process uses, then
+    /// renamed into place).
     pub fn init_layer(&self) -> Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.root.join("init-layer");
@@ -117,9 +120,11 @@ impl Context {
             return Ok(dir);
         }
         self.ensure_root()?;
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .root
-            .join(format!(".init-layer.{}", std::process::id()));
+            .join(format!(".init-layer.{}.{seq}", std::process::id()));
         let made = (|| -> std::io::Result<()> {
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(tmp.join("etc"))?;
@@ -145,7 +150,20 @@ impl Context {
 
     /// The OCI bundle container `id` runs from (see the module docs).
     pub fn bundle_dir(&self, id: &str) -> PathBuf {
-        self.run_dir().join("containers").join(id)
+        self.bundles_dir().join(id)
+    }
+
+    fn bundles_dir(&self) -> PathBuf {
+        self.run_dir().join("containers")
+    }
+
+    /// Creates the directory of bundles, private to root as the data
+    /// directory is: a bundle holds the container's environment
+    /// (config.json) and its rootfs mount point, whose setuid files no
+    /// other local user may reach.
+    pub fn ensure_bundles_dir(&self) -> Result<()> {
+        let dir = self.bundles_dir();
+        private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))
     }
 
     /// Where a service's instances log (see `logs`).

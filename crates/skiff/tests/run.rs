@@ -186,6 +186,11 @@ fn a_container_that_writes_nothing_leaves_its_writable_layer_empty() {
     let upper = containers[0].path().join("upper");
     let written: Vec<_> = std::fs::read_dir(&upper).unwrap().flatten().collect();
     assert!(written.is_empty(), "{written:?}");
+    // The bundles (the container's environment, its mounted rootfs with
+    // the image's setuid files) are root's alone, as the data directory is.
+    use std::os::unix::fs::PermissionsExt;
+    let bundles = std::fs::metadata(s.run_dir().join("containers")).unwrap();
+    assert_eq!(bundles.permissions().mode() & 0o077, 0, "{bundles:?}");
     s.ok(&["rm", "quiet"]);
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 }

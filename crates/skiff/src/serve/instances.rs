@@ -262,8 +262,8 @@ impl Revision {
             let (tx, rx) = oneshot::channel();
             pool.queue.push_back(tx);
             // Waiting for a start is a cold start; waiting for a busy
-            // instance to free a slot is queueing. (The clock is read
-            // only here, off the path of a request that finds a slot.)
+            // instance to free a slot is queueing. (The wait's clock is
+            // read only here, off the path of a request that finds a slot.)
             (rx, pool.starting > 0, tokio::time::Instant::now())
         };
         let deadline = began + self.wait_limit();
