@@ -148,8 +148,8 @@ impl From<&RunArgs> for BundleOptions {
     }
 }
 
-/// Lays out the container's bundle (config.json, /etc files, the overlay
-/// rootfs over the image's layers) and its network namespace.
+/// Lays out the container: its bundle (config.json, the overlay rootfs over
+/// the image's layers), its /etc files and its network namespace.
 pub fn prepare(
     ctx: &Context,
     record: &ContainerRecord,
@@ -157,41 +157,6 @@ pub fn prepare(
     args: &BundleOptions,
     env: Vec<String>,
     mounts: Vec<BindMount>,
-) -> Result<Prepared> {
-    let netns_dir = ctx.netns_dir();
-    // The network namespace is made on a second thread while this one
-    // mounts the rootfs and writes the config: they need nothing from each
-    // other but the namespace's path, known from the id, and the address,
-    // which only /etc/hosts holds (written last).
-    std::thread::scope(|s| {
-        let bridge = !matches!(args.network.as_str(), "host" | "none");
-        let attached = bridge.then(|| {
-            s.spawn(|| {
-                let t0 = std::time::Instant::now();
-                let att = Network::new().setup(&record.id, &netns_dir);
-                tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
-                att
-            })
-        });
-        lay_out(ctx, record, image, args, env, mounts, attached)
-    })
-}
-
-/// The network namespace being set up on another thread.
-type NetworkSetup<'scope> = std::thread::ScopedJoinHandle<
-    'scope,
-    Result<skiff_runtime::network::Attachment, skiff_runtime::network::NetworkError>,
->;
-
-/// [`prepare`]'s part on the calling thread; waits for `attached`.
-fn lay_out(
-    ctx: &Context,
-    record: &ContainerRecord,
-    image: &Image,
-    args: &BundleOptions,
-    env: Vec<String>,
-    mounts: Vec<BindMount>,
-    attached: Option<NetworkSetup>,
 ) -> Result<Prepared> {
     let dir = ctx.container_dir(&record.id);
     let bundle = ctx.bundle_dir(&record.id);
@@ -215,63 +180,78 @@ fn lay_out(
         hostname: dir.join("hostname"),
         resolv_conf: dir.join("resolv.conf"),
     };
-    let network = match args.network.as_str() {
-        "host" => NetworkConfig::Host,
-        "none" => NetworkConfig::None,
-        _ => NetworkConfig::Path(Network::netns_path(&record.id, &netns_dir)),
-    };
-    let t0 = std::time::Instant::now();
-    // `volatile`: a container's upper directory never outlives it (there
-    // is no restart), so overlayfs need not sync it; without this,
-    // unmounting the rootfs syncs the whole filesystem under
-    // $SKIFF_ROOT (syncfs), a millisecond or more on every `run --rm`
-    // and every scale-down.
-    skiff_runtime::rootfs::mount_overlay_with(
-        &layers,
-        &dir.join("upper"),
-        &dir.join("work"),
-        &rootfs,
-        "volatile",
-    )?;
-    tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
-    std::fs::write(&etc.hostname, format!("{hostname}\n"))?;
-    std::fs::write(&etc.resolv_conf, skiff_runtime::network::resolv_conf())?;
-    let cfg = RunConfig {
-        image: image.config.config().clone().unwrap_or_default(),
-        entrypoint: args.entrypoint.clone(),
-        cmd: (!args.command.is_empty()).then(|| args.command.clone()),
-        env,
-        workdir: args.workdir.clone(),
-        user: args.user.clone(),
-        hostname: hostname.clone(),
-        memory: args.memory,
-        cpus_milli: args.cpus,
-        pids_limit: args.pids_limit,
-        mounts,
-        network,
-        terminal: false,
-        cgroup_path: cgroup_path(&record.id),
-        etc_files: Some(etc.clone()),
-    };
-    let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
-    let command = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.args().clone())
-        .unwrap_or_default();
-    runtime.write_config(&bundle, &spec)?;
-    // While the network is still being set up.
-    runtime.seal();
-    let ip = match attached {
-        Some(h) => Some(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("network setup panicked"))??
-                .ip,
-        ),
-        None => None,
-    };
-    std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
-    Ok(Prepared { ip, command })
+    // The network namespace is made on a second thread while this one
+    // mounts the rootfs and writes the config: they need nothing from each
+    // other but the namespace's path, known from the id, and the address,
+    // which only /etc/hosts holds (written last).
+    std::thread::scope(|s| -> Result<Prepared> {
+        let bridge = !matches!(args.network.as_str(), "host" | "none");
+        let attached = bridge.then(|| {
+            s.spawn(|| {
+                let t0 = std::time::Instant::now();
+                let att = Network::new().setup(&record.id, &netns_dir);
+                tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
+                att
+            })
+        });
+        let network = match args.network.as_str() {
+            "host" => NetworkConfig::Host,
+            "none" => NetworkConfig::None,
+            _ => NetworkConfig::Path(Network::netns_path(&record.id, &netns_dir)),
+        };
+        let t0 = std::time::Instant::now();
+        // `volatile`: a container's upper directory never outlives it (there
+        // is no restart), so overlayfs need not sync it; without this,
+        // unmounting the rootfs syncs the whole filesystem under
+        // $SKIFF_ROOT (syncfs), a millisecond or more on every `run --rm`
+        // and every scale-down.
+        skiff_runtime::rootfs::mount_overlay_with(
+            &layers,
+            &dir.join("upper"),
+            &dir.join("work"),
+            &rootfs,
+            "volatile",
+        )?;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
+        std::fs::write(&etc.hostname, format!("{hostname}\n"))?;
+        std::fs::write(&etc.resolv_conf, skiff_runtime::network::resolv_conf())?;
+        let cfg = RunConfig {
+            image: image.config.config().clone().unwrap_or_default(),
+            entrypoint: args.entrypoint.clone(),
+            cmd: (!args.command.is_empty()).then(|| args.command.clone()),
+            env,
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+            hostname: hostname.clone(),
+            memory: args.memory,
+            cpus_milli: args.cpus,
+            pids_limit: args.pids_limit,
+            mounts,
+            network,
+            terminal: false,
+            cgroup_path: cgroup_path(&record.id),
+            etc_files: Some(etc.clone()),
+        };
+        let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
+        let command = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
+        runtime.write_config(&bundle, &spec)?;
+        // While the network is still being set up.
+        runtime.seal();
+        let ip = match attached {
+            Some(h) => Some(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("network setup panicked"))??
+                    .ip,
+            ),
+            None => None,
+        };
+        std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
+        Ok(Prepared { ip, command })
+    })
 }
 
 /// Whether `/etc` in the rootfs over `layers` (base first) is absent or a
@@ -293,8 +273,9 @@ pub fn cgroup_path(id: &str) -> String {
 }
 
 /// Releases what a container holds; with `remove`, also its directories
-/// (the bundle and what it wrote) and its record. Idempotent; failures are logged, not returned, because every
-/// step must be tried even when an earlier one fails.
+/// (the bundle and what it wrote) and its record. Idempotent; failures are
+/// logged, not returned, because every step must be tried even when an
+/// earlier one fails.
 pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
     if let Err(e) = runtime.delete(id, true) {
         tracing::debug!(id, "runtime delete: {e}");
