@@ -171,7 +171,6 @@ pub fn prepare(
     }
     let runtime = OciRuntime::new(&record.runtime, ctx.runtime_state_dir(&record.runtime))?;
     let netns_dir = ctx.netns_dir();
-    let hostname = record.id[..12].to_string();
     let etc = EtcFiles {
         // On disk, not in the bundle on tmpfs: the container may write to
         // them (they are mounted read-write, as Docker's), and what it
@@ -180,25 +179,22 @@ pub fn prepare(
         hostname: dir.join("hostname"),
         resolv_conf: dir.join("resolv.conf"),
     };
-    // The network namespace is made on a second thread while this one
-    // mounts the rootfs and writes the config: they need nothing from each
-    // other but the namespace's path, known from the id, and the address,
-    // which only /etc/hosts holds (written last).
-    std::thread::scope(|s| -> Result<Prepared> {
-        let bridge = !matches!(args.network.as_str(), "host" | "none");
-        let attached = bridge.then(|| {
-            s.spawn(|| {
-                let t0 = std::time::Instant::now();
-                let att = Network::new().setup(&record.id, &netns_dir);
-                tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
-                att
-            })
-        });
-        let network = match args.network.as_str() {
-            "host" => NetworkConfig::Host,
-            "none" => NetworkConfig::None,
-            _ => NetworkConfig::Path(Network::netns_path(&record.id, &netns_dir)),
-        };
+    let network = match args.network.as_str() {
+        "host" => NetworkConfig::Host,
+        "none" => NetworkConfig::None,
+        _ => NetworkConfig::Path(Network::netns_path(&record.id, &netns_dir)),
+    };
+    // A second thread mounts the rootfs and writes the config while this
+    // one makes the network namespace: they need nothing from each other
+    // but the namespace's path, known from the id, and the address, which
+    // only /etc/hosts holds (written last). The network, the longer of
+    // the two, stays on this thread: a thread spawned by a busy one often
+    // waits in its CPU's queue until the spawner sleeps (here a median
+    // 1 ms with the other vCPU idle), while the network's netlink calls
+    // and its namespace thread sleep early and let the layout run.
+    let bridge = matches!(network, NetworkConfig::Path(_));
+    let hostname = record.id[..12].to_string();
+    let lay_out = || -> Result<Vec<String>> {
         let t0 = std::time::Instant::now();
         // `volatile`: a container's upper directory never outlives it (there
         // is no restart), so overlayfs need not sync it; without this,
@@ -233,25 +229,32 @@ pub fn prepare(
             etc_files: Some(etc.clone()),
         };
         let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
-        let command = spec
+        runtime.write_config(&bundle, &spec)?;
+        // Before the runtime's first command, with time to spare.
+        runtime.seal();
+        Ok(spec
             .process()
             .as_ref()
             .and_then(|p| p.args().clone())
-            .unwrap_or_default();
-        runtime.write_config(&bundle, &spec)?;
-        // While the network is still being set up.
-        runtime.seal();
-        let ip = match attached {
-            Some(h) => Some(
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("network setup panicked"))??
-                    .ip,
-            ),
-            None => None,
-        };
-        std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
-        Ok(Prepared { ip, command })
-    })
+            .unwrap_or_default())
+    };
+    let (command, ip) = if bridge {
+        std::thread::scope(|s| -> Result<_> {
+            let laid_out = s.spawn(lay_out);
+            let t0 = std::time::Instant::now();
+            let attached = Network::new().setup(&record.id, &netns_dir);
+            tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
+            let command = laid_out
+                .join()
+                .map_err(|_| anyhow::anyhow!("laying out the container panicked"))?;
+            // Both results are in hand: the caller's release undoes either.
+            Ok((command?, Some(attached?.ip)))
+        })?
+    } else {
+        (lay_out()?, None)
+    };
+    std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
+    Ok(Prepared { ip, command })
 }
 
 /// Whether `/etc` in the rootfs over `layers` (base first) is absent or a
