@@ -86,7 +86,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         e
     };
     let opts = BundleOptions::from(&args);
-    let prepared = prepare(ctx, &record, &image, &opts, env, mounts).map_err(undo)?;
+    let prepared = prepare(ctx, &record, &runtime, &image, &opts, env, mounts).map_err(undo)?;
     tracing::debug!("bundle prepared");
     if let Some(sig) = crate::monitor::pending(&signals) {
         release(ctx, &record.id, &runtime, true);
@@ -153,6 +153,7 @@ impl From<&RunArgs> for BundleOptions {
 pub fn prepare(
     ctx: &Context,
     record: &ContainerRecord,
+    runtime: &OciRuntime,
     image: &Image,
     args: &BundleOptions,
     env: Vec<String>,
@@ -169,7 +170,6 @@ pub fn prepare(
     if etc_is_plain(&layers) {
         layers.push(ctx.init_layer()?);
     }
-    let runtime = OciRuntime::new(&record.runtime, ctx.runtime_state_dir(&record.runtime))?;
     let netns_dir = ctx.netns_dir();
     let etc = EtcFiles {
         // On disk, not in the bundle on tmpfs: the container may write to

@@ -57,6 +57,7 @@ pub struct Context {
     pub host: Option<String>,
     store: OnceCell<Store>,
     state: OnceCell<State>,
+    run_dir: OnceCell<PathBuf>,
 }
 
 impl Context {
@@ -66,6 +67,7 @@ impl Context {
             host: None,
             store: OnceCell::new(),
             state: OnceCell::new(),
+            run_dir: OnceCell::new(),
         }
     }
 
@@ -171,12 +173,24 @@ impl Context {
         self.root.join("logs").join(service.as_str())
     }
 
-    /// `/run/skiff/<12 hex of sha256(canonical root)>`.
+    /// `/run/skiff/<12 hex of sha256(canonical root)>`. Worked out once
+    /// the root exists (a path through a symlink canonicalizes only then),
+    /// and kept: every path of a container's start is under it.
     pub fn run_dir(&self) -> PathBuf {
         use std::os::unix::ffi::OsStrExt;
-        let root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        if let Some(dir) = self.run_dir.get() {
+            return dir.clone();
+        }
+        let (root, exists) = match std::fs::canonicalize(&self.root) {
+            Ok(root) => (root, true),
+            Err(_) => (self.root.clone(), false),
+        };
         let key = skiff_core::Digest::of(root.as_os_str().as_bytes());
-        Path::new("/run/skiff").join(key.short())
+        let dir = Path::new("/run/skiff").join(key.short());
+        if exists {
+            let _ = self.run_dir.set(dir.clone());
+        }
+        dir
     }
 
     pub fn netns_dir(&self) -> PathBuf {

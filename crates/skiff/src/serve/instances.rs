@@ -1027,7 +1027,8 @@ fn prepare_instance(root: &Path, rev: &Revision) -> Result<Bundle> {
         pids_limit: None,
     };
     let recorded = t0.elapsed();
-    let prepared = prepare(&ctx, &record, &image, &opts, env, Vec::new()).map_err(undo)?;
+    let prepared =
+        prepare(&ctx, &record, &runtime, &image, &opts, env, Vec::new()).map_err(undo)?;
     let bundled = t0.elapsed();
     let ip = prepared
         .ip
