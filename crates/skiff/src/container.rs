@@ -230,8 +230,11 @@ pub fn prepare(
         };
         let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
         runtime.write_config(&bundle, &spec)?;
-        // Before the runtime's first command, with time to spare.
+        // Before the runtime's first command, with time to spare: its
+        // sealed copy, and the host's cgroups as it needs them (the
+        // monitor checks again before starting it, by then cheaply).
         runtime.seal();
+        skiff_runtime::cgroups::prepare_host(runtime.name())?;
         Ok(spec
             .process()
             .as_ref()
