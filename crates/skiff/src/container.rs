@@ -215,15 +215,15 @@ pub fn prepare(
             image: image.config.config().clone().unwrap_or_default(),
             entrypoint: args.entrypoint.clone(),
             cmd: (!args.command.is_empty()).then(|| args.command.clone()),
-            env,
+            env: env.clone(),
             workdir: args.workdir.clone(),
             user: args.user.clone(),
             hostname: hostname.clone(),
             memory: args.memory,
             cpus_milli: args.cpus,
             pids_limit: args.pids_limit,
-            mounts,
-            network,
+            mounts: mounts.clone(),
+            network: network.clone(),
             terminal: false,
             cgroup_path: cgroup_path(&record.id),
             etc_files: Some(etc.clone()),
@@ -243,13 +243,17 @@ pub fn prepare(
     };
     let (command, ip) = if bridge {
         std::thread::scope(|s| -> Result<_> {
-            let laid_out = s.spawn(lay_out);
+            let laid_out = std::thread::Builder::new().spawn_scoped(s, lay_out);
             let t0 = std::time::Instant::now();
             let attached = Network::new().setup(&record.id, &netns_dir);
             tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
-            let command = laid_out
-                .join()
-                .map_err(|_| anyhow::anyhow!("laying out the container panicked"))?;
+            let command = match laid_out {
+                Ok(h) => h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("laying out the container panicked"))?,
+                // No thread to spare: one after the other.
+                Err(_) => lay_out(),
+            };
             // Both results are in hand: the caller's release undoes either.
             Ok((command?, Some(attached?.ip)))
         })?
