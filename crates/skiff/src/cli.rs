@@ -160,6 +160,8 @@ pub enum Command {
         workers: Option<u16>,
     },
     /// Deploy a new revision of a service (creating the service).
+    // `--concurrency -1` is a bad value to report, not an unknown flag.
+    #[command(allow_negative_numbers = true)]
     Deploy(Box<DeployArgs>),
     /// List services.
     Services {
@@ -179,9 +181,13 @@ pub enum Command {
         name: String,
         /// REV=PERCENT[,REV=PERCENT...]; percents sum to 100.
         split: String,
-        /// TAG=REV: TAG-NAME.localhost reaches REV whatever its share (repeatable).
+        /// TAG=REV: TAG-NAME.localhost reaches REV whatever its share
+        /// (repeatable; the tags given replace all others, none keeps them).
         #[arg(long, value_name = "TAG=REV")]
         tag: Vec<String>,
+        /// Remove every tag.
+        #[arg(long, conflicts_with = "tag")]
+        clear_tags: bool,
     },
     /// List a service's revisions with their status and share of traffic.
     Revisions {
@@ -339,10 +345,10 @@ pub struct DeployArgs {
     /// Create the revision without moving traffic to it (see `skiff traffic`).
     #[arg(long)]
     pub no_traffic: bool,
-    /// http: the container listens on $PORT; lambda: it runs an AWS Lambda
-    /// runtime client (one invocation at a time per instance).
-    #[arg(long, default_value = "http", value_parser = ["http", "lambda"])]
-    pub mode: String,
+    /// http (the default): the container listens on $PORT; lambda: it runs
+    /// an AWS Lambda runtime client (one invocation at a time per instance).
+    #[arg(long, value_parser = ["http", "lambda"])]
+    pub mode: Option<String>,
     /// Lambda mode: how often a failed --async (Event) invocation is retried (0-2, default 2).
     #[arg(long, value_name = "N")]
     pub event_retries: Option<u8>,
@@ -425,9 +431,12 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Services { json } => crate::client::services(&ctx, json).map(|_| 0),
         Command::Describe { name, json } => crate::client::describe(&ctx, &name, json).map(|_| 0),
         Command::Delete { name } => crate::client::delete(&ctx, &name).map(|_| 0),
-        Command::Traffic { name, split, tag } => {
-            crate::client::traffic(&ctx, &name, &split, &tag).map(|_| 0)
-        }
+        Command::Traffic {
+            name,
+            split,
+            tag,
+            clear_tags,
+        } => crate::client::traffic(&ctx, &name, &split, &tag, clear_tags).map(|_| 0),
         Command::Revisions { name, json } => crate::client::revisions(&ctx, &name, json).map(|_| 0),
         Command::Invoke {
             name,

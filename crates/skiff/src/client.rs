@@ -212,10 +212,13 @@ where
 pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     // Everything checked here first, so bad input never pulls an image.
     let name = ServiceName::new(&args.name)?;
-    let mut spec = ServiceSpec {
-        image: args.image.clone().unwrap_or_default(),
-        ..ServiceSpec::default()
-    };
+    // A service deployed again starts from its latest revision, as `gcloud
+    // run deploy` does: what the flags do not say is kept (the image is
+    // always given; `--env` adds or replaces variables).
+    let mut spec = current(ctx, &name)?
+        .and_then(|c| latest_spec(&c))
+        .unwrap_or_default();
+    spec.image = args.image.clone().unwrap_or_default();
     if let Some(p) = args.port {
         spec.port = p;
     }
@@ -223,10 +226,15 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         let Some((k, v)) = e.split_once('=') else {
             bail!("--env {e:?}: expected K=V");
         };
+        spec.env.retain(|(name, _)| name != k);
         spec.env.push((k.to_string(), v.to_string()));
     }
-    spec.memory = args.memory;
-    spec.cpus_milli = args.cpus;
+    if args.memory.is_some() {
+        spec.memory = args.memory;
+    }
+    if args.cpus.is_some() {
+        spec.cpus_milli = args.cpus;
+    }
     if let Some(c) = args.concurrency {
         spec.concurrency = c;
     }
@@ -242,12 +250,18 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     if let Some(t) = args.idle_timeout {
         spec.idle_timeout = t;
     }
-    spec.readiness_path = args.readiness_path.clone();
-    spec.mode = args.mode.parse()?;
+    if args.readiness_path.is_some() {
+        spec.readiness_path = args.readiness_path.clone();
+    }
+    if let Some(m) = &args.mode {
+        spec.mode = m.parse()?;
+    }
     if let Some(r) = args.event_retries {
         spec.event_retries = r;
     }
-    spec.on_failure = args.on_failure.clone();
+    if args.on_failure.is_some() {
+        spec.on_failure = args.on_failure.clone();
+    }
     if !args.command.is_empty() {
         spec.command = Some(args.command.clone());
     }
@@ -285,6 +299,29 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The service as `describe --json` shows it, or `None` if there is none.
+fn current(ctx: &Context, name: &ServiceName) -> Result<Option<Value>> {
+    let (status, _, bytes) = exchange(ctx, Method::GET, &service_path(name.as_str())?, &[], None)?;
+    if status == hyper::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the skiff daemon answered {status} without JSON"))?;
+    if !status.is_success() {
+        bail!("{}", value["error"].as_str().unwrap_or("no reason given"));
+    }
+    Ok(Some(value))
+}
+
+/// The spec of the service's newest revision (names number them in order).
+fn latest_spec(service: &Value) -> Option<ServiceSpec> {
+    let newest = service["revisions"]
+        .as_array()?
+        .iter()
+        .max_by_key(|r| r["name"].as_str().unwrap_or_default().to_string())?;
+    serde_json::from_value(newest["spec"].clone()).ok()
 }
 
 pub fn services(ctx: &Context, json: bool) -> Result<()> {
@@ -347,7 +384,13 @@ pub fn describe(ctx: &Context, name: &str, json: bool) -> Result<()> {
 
 /// `REV=PCT[,REV=PCT...]` plus `TAG=REV` tags (a tagged revision not in
 /// the split joins it with 0%), sent as one whole split.
-pub fn traffic(ctx: &Context, name: &str, split: &str, tags: &[String]) -> Result<()> {
+pub fn traffic(
+    ctx: &Context,
+    name: &str,
+    split: &str,
+    tags: &[String],
+    clear_tags: bool,
+) -> Result<()> {
     let mut targets: Vec<TrafficTarget> = Vec::new();
     for entry in split.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let Some((rev, pct)) = entry.split_once('=') else {
@@ -366,17 +409,35 @@ pub fn traffic(ctx: &Context, name: &str, split: &str, tags: &[String]) -> Resul
             tag: None,
         });
     }
+    let mut tagged: Vec<(String, RevisionName)> = Vec::new();
     for t in tags {
         let Some((tag, rev)) = t.split_once('=') else {
             bail!("--tag {t:?}: expected TAG=REVISION");
         };
-        let rev: RevisionName = rev.parse()?;
+        tagged.push((tag.to_string(), rev.parse()?));
+    }
+    // Without --tag the tags stay where they are (as Cloud Run's
+    // update-traffic keeps them); --tag gives them all, --clear-tags none.
+    if tags.is_empty() && !clear_tags {
+        let name = ServiceName::new(name)?;
+        let service = current(ctx, &name)?.with_context(|| format!("no service named {name}"))?;
+        for t in service["traffic"].as_array().into_iter().flatten() {
+            if let (Some(tag), Some(rev)) = (t["tag"].as_str(), t["revision"].as_str()) {
+                tagged.push((tag.to_string(), rev.parse()?));
+            }
+        }
+    }
+    for (tag, rev) in tagged {
         match targets.iter_mut().find(|x| x.revision == rev) {
-            Some(x) => x.tag = Some(tag.to_string()),
+            Some(x) => {
+                if let Some(had) = x.tag.replace(tag.clone()) {
+                    bail!("--tag {tag}={rev}: {rev} has the tag {had} already; a revision has one tag");
+                }
+            }
             None => targets.push(TrafficTarget {
                 revision: rev,
                 percent: 0,
-                tag: Some(tag.to_string()),
+                tag: Some(tag),
             }),
         }
     }

@@ -250,7 +250,11 @@ pub fn resolve_or_pull(ctx: &Context, name: &str) -> Result<Image> {
             if !quiet {
                 eprintln!("Unable to find image '{r}' locally");
             }
+            // Said once, as the outermost context: without a terminal the
+            // line above is not printed, and a registry error alone (say, no
+            // registry on localhost) hides that the image is simply missing.
             pull_image(ctx, &r, quiet)
+                .with_context(|| format!("image {r} is not here and cannot be pulled"))
         }
         Err(e) => Err(e.into()),
     }

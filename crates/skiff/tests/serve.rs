@@ -282,10 +282,36 @@ fn traffic_splits_and_gated_rollout() {
     assert_eq!(seen.get("split-00001"), Some(&30), "{seen:?}");
     let seen = split_of(gw, "next-split.localhost", 3);
     assert_eq!(seen.get("split-00002"), Some(&3), "{seen:?}");
+    // A split without --tag keeps the tags; --clear-tags drops them.
+    s.ok(&["traffic", "split", "split-00001=100"]);
+    let seen = split_of(gw, "next-split.localhost", 3);
+    assert_eq!(seen.get("split-00002"), Some(&3), "{seen:?}");
+    s.ok(&["traffic", "split", "split-00001=100", "--clear-tags"]);
+    assert_eq!(get(gw, "next-split.localhost", "/").0, 404);
+    s.ok(&[
+        "traffic",
+        "split",
+        "split-00001=100",
+        "--tag",
+        "next=split-00002",
+    ]);
 
-    // --no-traffic: created, not serving.
-    deploy(&["--no-traffic"]);
+    // --no-traffic: created, not serving. What the flags do not say is
+    // kept from the latest revision (as `gcloud run deploy`); --env adds.
+    deploy(&["--no-traffic", "--env", "MORE=yes"]);
     assert_eq!(revision_json(&s, "split", "split-00003")["percent"], 0);
+    let desc: serde_json::Value =
+        serde_json::from_str(&s.ok(&["describe", "split", "--json"])).unwrap();
+    let spec = &desc["revisions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "split-00003"))
+        .unwrap_or_else(|| panic!("no split-00003: {desc}"))["spec"];
+    assert_eq!(spec["timeout_ms"], 20_000, "{spec}");
+    assert_eq!(
+        spec["env"],
+        serde_json::json!([["REV", "two"], ["MORE", "yes"]]),
+        "{spec}"
+    );
 
     // A revision that cannot start: deploy fails, traffic stays, describe says why.
     let bb = s.load_busybox();
