@@ -30,7 +30,9 @@ if ! skiff services >/dev/null 2>&1; then
   done
   skiff services >/dev/null || { tail -5 "$root/serve.log" >&2; exit 1; }
 fi
-skiff deploy demo --image localhost/skiff-demo:latest --port 8080 --idle-timeout 60s
+# Deployed once: running this again makes no new revision.
+skiff describe demo >/dev/null 2>&1 ||
+  skiff deploy demo --image localhost/skiff-demo:latest --port 8080 --idle-timeout 60s
 curl -fsS -D "$tmp/headers" -H 'Host: demo.localhost' "http://$gateway/"
 grep -i '^x-skiff-cold-start' "$tmp/headers" || true
 echo
