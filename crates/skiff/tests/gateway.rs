@@ -163,6 +163,59 @@ fn headers_limits_h2c_and_upgrades() {
     assert_eq!(code, 404);
 }
 
+/// Clients that send their head slowly (slowloris) or a broken chunked
+/// body hold up nobody: others are served meanwhile, the broken body gets
+/// one 400 JSON answer, and the instance is not blamed or replaced.
+#[test]
+fn slow_and_malformed_clients_do_not_stall_the_gateway() {
+    let s = Skiff::new();
+    let img = s.load_demo();
+    let d = Daemon::start(&s);
+    let gw = d.gateway;
+    s.ok(&["deploy", "hello", "--image", img]);
+    assert_eq!(get(gw, "hello.localhost", "/").0, 200);
+    let names = || {
+        let v: serde_json::Value =
+            serde_json::from_str(&s.ok(&["describe", "hello", "--json"])).unwrap();
+        let all = v["instances"].as_array().cloned().unwrap_or_default();
+        all.iter()
+            .map(|i| i["name"].to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = names();
+
+    // 200 connections each with half a request head, never finished.
+    let slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", gw)).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: hello.localhost\r\nX-Slow: ")
+                .unwrap();
+            c
+        })
+        .collect();
+    let t = Instant::now();
+    for _ in 0..20 {
+        let (code, head, body) = get(gw, "hello.localhost", "/");
+        assert_eq!(code, 200, "{head}\n{body}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // A chunk size that is not hex: the client's fault, said as such.
+    let (code, head, body) = exchange(
+        gw,
+        b"POST /cgi-bin/count HTTP/1.1\r\nHost: hello.localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nxx\r\n0\r\n\r\n",
+    );
+    assert_eq!(code, 400, "{head}\n{body}");
+    assert!(
+        body.contains("\"error\"") && body.contains("bad request body"),
+        "{body}"
+    );
+    assert_eq!(get(gw, "hello.localhost", "/").0, 200);
+    assert_eq!(names(), before, "the instance was blamed");
+    drop(slow);
+    s.ok(&["delete", "hello"]);
+}
+
 /// Requests one after another reach the instance on one connection: the
 /// gateway keeps it alive between them (whatever its clients do).
 #[test]

@@ -307,7 +307,10 @@ async fn proxy(
                 upstream = *unsent;
             }
             Err(SendError::Exchange(e)) => {
-                if !caused_by_cap(&e) {
+                let by_client = caused_by_cap(&e)
+                    || caused_by::<BodyStalled>(&e)
+                    || caused_by::<ClientBody>(&e);
+                if !by_client {
                     // The connection broke mid-request: if the instance no
                     // longer accepts connections, it died; send nothing more there.
                     rev.check(&lease.instance);
@@ -318,6 +321,11 @@ async fn proxy(
                     json_error(
                         StatusCode::REQUEST_TIMEOUT,
                         format!("service {}: {BodyStalled}", route.service),
+                    )
+                } else if let Some(bad) = find_cause::<ClientBody>(&e) {
+                    json_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("service {}: {}", route.service, error_chain(bad)),
                     )
                 } else {
                     json_error(
@@ -512,14 +520,20 @@ fn caused_by_cap(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    find_cause::<E>(e).is_some()
+}
+
+fn find_cause<'a, E: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
     let mut src = Some(e);
     while let Some(s) = src {
-        if s.is::<E>() {
-            return true;
+        if let Some(found) = s.downcast_ref::<E>() {
+            return Some(found);
         }
         src = s.source();
     }
-    false
+    None
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
@@ -647,6 +661,23 @@ impl std::fmt::Display for BodyStalled {
 
 impl std::error::Error for BodyStalled {}
 
+/// The client's request body broke (bad chunking, a connection cut
+/// mid-body): its fault, not the instance's.
+#[derive(Debug)]
+struct ClientBody(BoxError);
+
+impl std::fmt::Display for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bad request body")
+    }
+}
+
+impl std::error::Error for ClientBody {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 #[derive(Debug)]
 struct BodyTooLarge;
 
@@ -672,7 +703,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => f,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                return Poll::Ready(Some(Err(ClientBody(e.into()).into())))
+            }
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {
                 let idle = self
