@@ -523,8 +523,48 @@ fn sealed(binary: &Path) -> Option<PathBuf> {
             raw
         }
     };
-    fd.map(|fd| PathBuf::from(format!("/proc/self/fd/{fd}")))
+    let fd = fd?;
+    let copy = PathBuf::from(format!("/proc/self/fd/{fd}"));
+    let name = binary.file_name()?.to_str()?;
+    Some(named(&copy, fd, name).unwrap_or(copy))
 }
+
+/// Where the sealed copy on descriptor `fd` is exec'd from under its own
+/// name: `/run/skiff/sealed/FD/NAME`, a symlink to `/proc/self/fd/FD`.
+/// The kernel names a process after the last component of the path it
+/// was exec'd from, so through `/proc/self/fd/7` `ps`, `top` and `pgrep
+/// crun` would know the runtime as "7". The link is the same for every
+/// process with the copy on that descriptor, so it is made once per boot
+/// (the directory root's alone, as `/run/skiff` is); `None` if it cannot be.
+fn named(copy: &Path, fd: i32, name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = Path::new(SEALED_DIR).join(fd.to_string());
+    let link = dir.join(name);
+    if std::fs::read_link(&link).is_ok_and(|t| t == copy) {
+        return Some(link);
+    }
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    let euid = nix::unistd::geteuid().as_raw();
+    let safe = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .is_ok_and(|m| m.is_dir() && m.uid() == euid && m.mode() & 0o022 == 0)
+    };
+    if made.is_err() || !safe(&dir) || !safe(dir.parent()?) {
+        return None;
+    }
+    // Built aside and renamed over: a racing process makes the same link.
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(copy, &tmp).ok()?;
+    std::fs::rename(&tmp, &link).ok()?;
+    Some(link)
+}
+
+/// See [`named`].
+const SEALED_DIR: &str = "/run/skiff/sealed";
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -569,7 +609,10 @@ mod tests {
         let rt = OciRuntime::new(&crun, dir.path().join("state")).unwrap();
         let mut cmd = rt.command();
         let copy = PathBuf::from(cmd.get_program());
-        assert!(copy.starts_with("/proc/self/fd"), "{copy:?}");
+        // Exec'd under its own name, through a link to the descriptor.
+        assert_eq!(copy.file_name().unwrap(), "crun", "{copy:?}");
+        let target = std::fs::read_link(&copy).unwrap();
+        assert!(target.starts_with("/proc/self/fd"), "{target:?}");
         assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&crun).unwrap());
         let file = std::fs::File::open(&copy).unwrap();
         // SAFETY: fcntl on an open descriptor.
@@ -586,6 +629,21 @@ mod tests {
         // One copy per binary, and it runs.
         assert_eq!(rt.command().get_program(), copy.as_os_str());
         assert!(cmd.status().unwrap().success());
+
+        // Processes are named after the runtime, not the descriptor
+        // (`pgrep crun` finds them); the name stays until it is reaped.
+        let mut child = rt
+            .command()
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let comm = format!("/proc/{}/comm", child.id());
+        let named = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "crun")
+        });
+        child.wait().unwrap();
+        assert!(named, "the runtime's process is not called crun");
     }
 
     #[test]
