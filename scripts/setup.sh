@@ -30,7 +30,8 @@ if ! skiff services >/dev/null 2>&1; then
   done
   skiff services >/dev/null || { tail -5 "$root/serve.log" >&2; exit 1; }
 fi
-# Deployed once: running this again makes no new revision.
+# Deployed once: running this again makes no new revision (nor mends a
+# demo service changed since; `skiff deploy demo ...` does).
 skiff describe demo >/dev/null 2>&1 ||
   skiff deploy demo --image localhost/skiff-demo:latest --port 8080 --idle-timeout 60s
 curl -fsS -D "$tmp/headers" -H 'Host: demo.localhost' "http://$gateway/"

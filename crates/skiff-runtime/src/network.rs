@@ -436,23 +436,29 @@ fn create_netns(path: &Path) -> Result<(OwnedFd, Netlink), NetworkError> {
     let target = path.to_path_buf();
     // unshare(CLONE_NEWNET) moves only the calling thread, so a throwaway
     // thread keeps the caller's threads in their namespace.
-    let made = std::thread::spawn(move || -> io::Result<(OwnedFd, Netlink)> {
-        unshare(CloneFlags::CLONE_NEWNET)?;
-        let ns = File::open("/proc/thread-self/ns/net")?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )?;
-        let mut nl = Netlink::open()?;
-        // A new namespace has only `lo`, always index 1.
-        nl.set_up(1)?;
-        Ok((ns.into(), nl))
-    })
-    .join()
-    .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")));
+    let made = std::thread::Builder::new()
+        .spawn(move || -> io::Result<(OwnedFd, Netlink)> {
+            unshare(CloneFlags::CLONE_NEWNET)?;
+            let ns = File::open("/proc/thread-self/ns/net")?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            let mut nl = Netlink::open()?;
+            // A new namespace has only `lo`, always index 1.
+            nl.set_up(1)?;
+            Ok((ns.into(), nl))
+        })
+        // No thread to start is an error like any other: the caller undoes
+        // what was made (a panic here would skip that).
+        .map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")))
+        })
+        .unwrap_or_else(Err);
     made.map_err(|e| {
         let _ = remove_netns(path);
         err(e)

@@ -454,9 +454,9 @@ fn runtime_log_message(line: &str) -> String {
     line.to_string()
 }
 
-/// `binary`'s sealed in-memory copy, as a path to exec
-/// (`/proc/self/fd/N`): made once per process and binary, kept open for
-/// the process's life. `None` for a script, or when the kernel cannot
+/// `binary`'s sealed in-memory copy, as a path to exec (see [`named`];
+/// else `/proc/self/fd/N`): made once per process and binary, kept open
+/// for the process's life. `None` for a script, or when the kernel cannot
 /// make one: the binary then runs as it is.
 ///
 /// crun (and runc 1.1) guard their binary against a container that would
@@ -475,7 +475,9 @@ fn runtime_log_message(line: &str) -> String {
 fn sealed(binary: &Path) -> Option<PathBuf> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::sync::Mutex;
-    static COPIES: Mutex<Vec<(PathBuf, Option<OwnedFd>)>> = Mutex::new(Vec::new());
+    /// A binary's copy, and the path it is exec'd from.
+    type Sealed = Option<(OwnedFd, PathBuf)>;
+    static COPIES: Mutex<Vec<(PathBuf, Sealed)>> = Mutex::new(Vec::new());
 
     let make = || -> io::Result<OwnedFd> {
         // A script (a wrapper around a runtime) cannot run from a
@@ -512,21 +514,25 @@ fn sealed(binary: &Path) -> Option<PathBuf> {
         Ok(copy.into())
     };
     let mut copies = COPIES.lock().unwrap_or_else(|e| e.into_inner());
-    let fd = match copies.iter().find(|(b, _)| b == binary) {
-        Some((_, fd)) => fd.as_ref().map(|fd| fd.as_raw_fd()),
-        None => {
-            let fd = make()
-                .map_err(|e| tracing::debug!("no sealed copy of {}: {e}", binary.display()))
-                .ok();
-            let raw = fd.as_ref().map(|fd| fd.as_raw_fd());
-            copies.push((binary.to_path_buf(), fd));
-            raw
-        }
-    };
-    let fd = fd?;
-    let copy = PathBuf::from(format!("/proc/self/fd/{fd}"));
-    let name = binary.file_name()?.to_str()?;
-    Some(named(&copy, fd, name).unwrap_or(copy))
+    if let Some((_, copy)) = copies.iter().find(|(b, _)| b == binary) {
+        return copy.as_ref().map(|(_, exec)| exec.clone());
+    }
+    let copy = make()
+        .map_err(|e| tracing::debug!("no sealed copy of {}: {e}", binary.display()))
+        .ok()
+        .map(|fd| {
+            let raw = fd.as_raw_fd();
+            let copy = PathBuf::from(format!("/proc/self/fd/{raw}"));
+            let name = binary
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("runtime");
+            let exec = named(&copy, raw, name).unwrap_or(copy);
+            (fd, exec)
+        });
+    let exec = copy.as_ref().map(|(_, exec)| exec.clone());
+    copies.push((binary.to_path_buf(), copy));
+    exec
 }
 
 /// Where the sealed copy on descriptor `fd` is exec'd from under its own
@@ -534,15 +540,14 @@ fn sealed(binary: &Path) -> Option<PathBuf> {
 /// The kernel names a process after the last component of the path it
 /// was exec'd from, so through `/proc/self/fd/7` `ps`, `top` and `pgrep
 /// crun` would know the runtime as "7". The link is the same for every
-/// process with the copy on that descriptor, so it is made once per boot
-/// (the directory root's alone, as `/run/skiff` is); `None` if it cannot be.
+/// process with the copy on that descriptor, so it is made once per boot.
+/// Root execs through it, so every directory on the way must be this
+/// user's and writable by no other (as `/run/skiff`, made by Skiff, is);
+/// `None` if one is not, or the link cannot be made.
 fn named(copy: &Path, fd: i32, name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let dir = Path::new(SEALED_DIR).join(fd.to_string());
     let link = dir.join(name);
-    if std::fs::read_link(&link).is_ok_and(|t| t == copy) {
-        return Some(link);
-    }
     let made = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -552,8 +557,12 @@ fn named(copy: &Path, fd: i32, name: &str) -> Option<PathBuf> {
         std::fs::symlink_metadata(p)
             .is_ok_and(|m| m.is_dir() && m.uid() == euid && m.mode() & 0o022 == 0)
     };
-    if made.is_err() || !safe(&dir) || !safe(dir.parent()?) {
+    // sealed/FD, sealed and /run/skiff.
+    if made.is_err() || !dir.ancestors().take(3).all(safe) {
         return None;
+    }
+    if std::fs::read_link(&link).is_ok_and(|t| t == copy) {
+        return Some(link);
     }
     // Built aside and renamed over: a racing process makes the same link.
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));

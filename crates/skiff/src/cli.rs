@@ -159,7 +159,8 @@ pub enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: Option<u16>,
     },
-    /// Deploy a new revision of a service (creating the service).
+    /// Deploy a new revision of a service (creating the service); settings
+    /// not given are the latest revision's (see --reset).
     // `--concurrency -1` is a bad value to report, not an unknown flag.
     #[command(allow_negative_numbers = true)]
     Deploy(Box<DeployArgs>),
@@ -318,9 +319,16 @@ pub struct DeployArgs {
     /// The port the container listens on; it gets it as $PORT (default 8080).
     #[arg(long)]
     pub port: Option<u16>,
-    /// An environment variable, K=V.
+    /// An environment variable, K=V (added to the latest revision's, or
+    /// replacing one of them).
     #[arg(short, long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Drop a variable the latest revision has.
+    #[arg(long, value_name = "K")]
+    pub remove_env: Vec<String>,
+    /// Start from the defaults, not from the latest revision's settings.
+    #[arg(long)]
+    pub reset: bool,
     /// Memory limit per instance, e.g. 256m.
     #[arg(short, long, value_parser = parse_bytes)]
     pub memory: Option<u64>,
@@ -347,6 +355,7 @@ pub struct DeployArgs {
     pub no_traffic: bool,
     /// http (the default): the container listens on $PORT; lambda: it runs
     /// an AWS Lambda runtime client (one invocation at a time per instance).
+    /// A change of mode starts from the defaults.
     #[arg(long, value_parser = ["http", "lambda"])]
     pub mode: Option<String>,
     /// Lambda mode: how often a failed --async (Event) invocation is retried (0-2, default 2).
@@ -356,7 +365,8 @@ pub struct DeployArgs {
     /// http://URL (the destination record is POSTed) or a function name.
     #[arg(long, value_name = "DEST")]
     pub on_failure: Option<String>,
-    /// Ready once a GET of this path answers 2xx/3xx (default: once the port accepts).
+    /// Ready once a GET of this path answers 2xx/3xx (default, or "": once
+    /// the port accepts).
     #[arg(long, value_name = "PATH")]
     pub readiness_path: Option<String>,
     /// The command instead of the image's CMD (after `--`).

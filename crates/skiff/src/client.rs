@@ -10,7 +10,7 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use skiff_core::{RevisionName, ServiceName, ServiceSpec, TrafficTarget};
+use skiff_core::{Mode, RevisionName, ServiceName, ServiceSpec, TrafficTarget};
 
 use crate::cli::DeployArgs;
 use crate::context::Context;
@@ -212,22 +212,105 @@ where
 pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     // Everything checked here first, so bad input never pulls an image.
     let name = ServiceName::new(&args.name)?;
-    // A service deployed again starts from its latest revision, as `gcloud
-    // run deploy` does: what the flags do not say is kept (the image is
-    // always given; `--env` adds or replaces variables).
-    let mut spec = current(ctx, &name)?
-        .and_then(|c| latest_spec(&c))
-        .unwrap_or_default();
+    let env = parse_env(&args.env)?;
+    let latest = if args.reset {
+        None
+    } else {
+        current(ctx, &name)?
+            .map(|c| latest_revision(&c))
+            .transpose()?
+            .flatten()
+    };
+    let from = latest
+        .as_ref()
+        .map(|(rev, status, _)| format!("{rev}'s ({status})"));
+    let (mut spec, kept) = settle(latest.map(|(_, _, spec)| spec), &args, env)?;
+    let kept = from.filter(|_| kept);
+    // A bad value may be one the flags did not give: say where it came from.
+    let validate = |spec: &ServiceSpec| match (spec.validate(), &kept) {
+        (Err(e), Some(kept)) => Err(anyhow::anyhow!(
+            "{e} (the settings not given are {kept}; --reset starts from the defaults)"
+        )),
+        (r, _) => r.map_err(Into::into),
+    };
+    if let Some(dir) = &args.source {
+        if ctx.host.is_some() {
+            bail!("--source builds into this machine's store; it cannot deploy to a remote daemon (SKIFF_HOST)");
+        }
+        // Checked before the build, so a bad flag costs no build.
+        spec.image = "localhost/source/placeholder:latest".into();
+        validate(&spec)?;
+        spec.image = crate::build::build_source(ctx, name.as_str(), dir)?;
+    }
+    validate(&spec)?;
+    // The daemon must find the image when the first request comes. Over
+    // TCP the local store is not the daemon's: it pulls when it starts one.
+    if ctx.host.is_none() && args.source.is_none() {
+        crate::images::resolve_or_pull(ctx, &spec.image)?;
+    }
+    let query = if args.no_traffic { "?traffic=none" } else { "" };
+    let answer = call(
+        ctx,
+        Method::POST,
+        &format!("/v1/services/{name}/revisions{query}"),
+        Some(serde_json::to_vec(&spec)?),
+    )?;
+    let rev = answer["revision"].as_str().unwrap_or("?");
+    if answer["traffic"] == "none" {
+        println!("Service {name}: revision {rev} created; traffic unchanged");
+    } else {
+        println!("Service {name} deployed: revision {rev} takes all traffic");
+    }
+    if let Some(kept) = kept {
+        println!("  settings not given are {kept}");
+    }
+    if let Some(urls) = answer["urls"].as_array() {
+        for u in urls.iter().filter_map(|u| u.as_str()) {
+            println!("  {u}");
+        }
+    }
+    Ok(())
+}
+
+/// `--env K=V` flags, checked.
+fn parse_env(flags: &[String]) -> Result<Vec<(String, String)>> {
+    flags
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("--env {e:?}: expected K=V"),
+        })
+        .collect()
+}
+
+/// The spec a deploy sends: the flags over `base`, the service's latest
+/// revision (as `gcloud run deploy` keeps what its flags do not say), or
+/// over the defaults for a new service, `--reset`, or a change of
+/// `--mode` (an HTTP server and a Lambda function share few settings:
+/// a Lambda revision's concurrency of 1, say, would throttle a server).
+/// `--env` adds or replaces variables, `--remove-env` drops them.
+/// Also says whether `base` was kept.
+fn settle(
+    base: Option<ServiceSpec>,
+    args: &DeployArgs,
+    env: Vec<(String, String)>,
+) -> Result<(ServiceSpec, bool)> {
+    let mode: Option<Mode> = args.mode.as_deref().map(str::parse).transpose()?;
+    let (mut spec, kept) = match base {
+        Some(b) if !args.reset && mode.is_none_or(|m| m == b.mode) => (b, true),
+        _ => (ServiceSpec::default(), false),
+    };
     spec.image = args.image.clone().unwrap_or_default();
+    if let Some(m) = mode {
+        spec.mode = m;
+    }
+    spec.env.retain(|(k, _)| !args.remove_env.contains(k));
+    for (k, v) in env {
+        spec.env.retain(|(name, _)| *name != k);
+        spec.env.push((k, v));
+    }
     if let Some(p) = args.port {
         spec.port = p;
-    }
-    for e in &args.env {
-        let Some((k, v)) = e.split_once('=') else {
-            bail!("--env {e:?}: expected K=V");
-        };
-        spec.env.retain(|(name, _)| name != k);
-        spec.env.push((k.to_string(), v.to_string()));
     }
     if args.memory.is_some() {
         spec.memory = args.memory;
@@ -250,11 +333,9 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     if let Some(t) = args.idle_timeout {
         spec.idle_timeout = t;
     }
-    if args.readiness_path.is_some() {
-        spec.readiness_path = args.readiness_path.clone();
-    }
-    if let Some(m) = &args.mode {
-        spec.mode = m.parse()?;
+    if let Some(p) = &args.readiness_path {
+        // An empty path goes back to the TCP probe.
+        spec.readiness_path = (!p.is_empty()).then(|| p.clone());
     }
     if let Some(r) = args.event_retries {
         spec.event_retries = r;
@@ -265,40 +346,7 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     if !args.command.is_empty() {
         spec.command = Some(args.command.clone());
     }
-    if let Some(dir) = &args.source {
-        if ctx.host.is_some() {
-            bail!("--source builds into this machine's store; it cannot deploy to a remote daemon (SKIFF_HOST)");
-        }
-        // Checked before the build, so a bad flag costs no build.
-        spec.image = "localhost/source/placeholder:latest".into();
-        spec.validate()?;
-        spec.image = crate::build::build_source(ctx, name.as_str(), dir)?;
-    }
-    spec.validate()?;
-    // The daemon must find the image when the first request comes. Over
-    // TCP the local store is not the daemon's: it pulls when it starts one.
-    if ctx.host.is_none() && args.source.is_none() {
-        crate::images::resolve_or_pull(ctx, &spec.image)?;
-    }
-    let query = if args.no_traffic { "?traffic=none" } else { "" };
-    let answer = call(
-        ctx,
-        Method::POST,
-        &format!("/v1/services/{name}/revisions{query}"),
-        Some(serde_json::to_vec(&spec)?),
-    )?;
-    let rev = answer["revision"].as_str().unwrap_or("?");
-    if answer["traffic"] == "none" {
-        println!("Service {name}: revision {rev} created; traffic unchanged");
-    } else {
-        println!("Service {name} deployed: revision {rev} takes all traffic");
-    }
-    if let Some(urls) = answer["urls"].as_array() {
-        for u in urls.iter().filter_map(|u| u.as_str()) {
-            println!("  {u}");
-        }
-    }
-    Ok(())
+    Ok((spec, kept))
 }
 
 /// The service as `describe --json` shows it, or `None` if there is none.
@@ -315,13 +363,28 @@ fn current(ctx: &Context, name: &ServiceName) -> Result<Option<Value>> {
     Ok(Some(value))
 }
 
-/// The spec of the service's newest revision (names number them in order).
-fn latest_spec(service: &Value) -> Option<ServiceSpec> {
-    let newest = service["revisions"]
-        .as_array()?
-        .iter()
-        .max_by_key(|r| r["name"].as_str().unwrap_or_default().to_string())?;
-    serde_json::from_value(newest["spec"].clone()).ok()
+/// The service's newest revision: its name, status and spec. A spec this
+/// CLI cannot read (a daemon of another version) is an error, not a
+/// silent fall back to the defaults.
+fn latest_revision(service: &Value) -> Result<Option<(RevisionName, String, ServiceSpec)>> {
+    let mut newest: Option<(RevisionName, &Value)> = None;
+    for r in service["revisions"].as_array().into_iter().flatten() {
+        let name: RevisionName = r["name"].as_str().unwrap_or_default().parse()?;
+        if newest
+            .as_ref()
+            .is_none_or(|(n, _)| name.number() > n.number())
+        {
+            newest = Some((name, r));
+        }
+    }
+    let Some((name, r)) = newest else {
+        return Ok(None);
+    };
+    let spec = serde_json::from_value(r["spec"].clone()).with_context(|| {
+        format!("cannot read the settings of {name} to keep them (deploy --reset starts afresh)")
+    })?;
+    let status = r["status"].as_str().unwrap_or("unknown").to_string();
+    Ok(Some((name, status, spec)))
 }
 
 pub fn services(ctx: &Context, json: bool) -> Result<()> {
@@ -518,4 +581,91 @@ fn path_seg(name: &str) -> Result<String> {
 /// `/v1/services/NAME`, the resource describe, revisions and delete act on.
 fn service_path(name: &str) -> Result<String> {
     Ok(format!("/v1/services/{}", path_seg(name)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Deploy {
+        #[command(flatten)]
+        args: DeployArgs,
+    }
+
+    fn settled(base: Option<&ServiceSpec>, flags: &[&str]) -> ServiceSpec {
+        let argv = ["deploy", "svc", "--image", "img"].iter().chain(flags);
+        let args = Deploy::try_parse_from(argv).unwrap().args;
+        let env = parse_env(&args.env).unwrap();
+        let (spec, kept) = settle(base.cloned(), &args, env).unwrap();
+        assert_eq!(kept, base.is_some() && spec.port == 9000, "{spec:?}");
+        spec
+    }
+
+    fn base() -> ServiceSpec {
+        ServiceSpec {
+            image: "old".into(),
+            port: 9000,
+            env: vec![("A".into(), "1".into()), ("B".into(), "2".into())],
+            memory: Some(256 << 20),
+            concurrency: 5,
+            readiness_path: Some("/ready".into()),
+            command: Some(vec!["serve".into()]),
+            ..ServiceSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_deploy_keeps_what_its_flags_do_not_say() {
+        let s = settled(
+            Some(&base()),
+            &["--env", "B=3", "--env", "C=4", "--max", "7"],
+        );
+        assert_eq!(s.image, "img");
+        assert_eq!(
+            (s.port, s.memory, s.concurrency, s.max),
+            (9000, Some(256 << 20), 5, 7)
+        );
+        let env: Vec<_> = s.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(env, ["A=1", "B=3", "C=4"]);
+        assert_eq!(s.command, Some(vec!["serve".to_string()]));
+        assert_eq!(s.readiness_path.as_deref(), Some("/ready"));
+        // Removed, cleared, or all from the defaults.
+        let s = settled(
+            Some(&base()),
+            &["--remove-env", "A", "--readiness-path", ""],
+        );
+        assert_eq!(s.env, [("B".to_string(), "2".to_string())]);
+        assert_eq!(s.readiness_path, None);
+        let fresh = ServiceSpec {
+            image: "img".into(),
+            ..ServiceSpec::default()
+        };
+        assert_eq!(settled(Some(&base()), &["--reset"]), settled(None, &[]));
+        assert_eq!(settled(None, &[]), fresh);
+    }
+
+    #[test]
+    fn a_change_of_mode_starts_from_the_defaults() {
+        let lambda = ServiceSpec {
+            mode: Mode::Lambda,
+            concurrency: 1,
+            ..base()
+        };
+        let s = settled(Some(&lambda), &["--mode", "http"]);
+        assert_eq!((s.mode, s.concurrency, s.port), (Mode::Http, 0, 8080));
+        // The same mode, said again, keeps the rest.
+        let s = settled(Some(&lambda), &["--mode", "lambda"]);
+        assert_eq!((s.concurrency, s.port), (1, 9000));
+    }
+
+    #[test]
+    fn env_flags_must_be_k_eq_v() {
+        assert!(parse_env(&["A=1".into(), "B=".into()]).is_ok());
+        for bad in ["A", "=1"] {
+            let e = parse_env(&[bad.to_string()]).unwrap_err().to_string();
+            assert!(e.contains("expected K=V"), "{e}");
+        }
+    }
 }

@@ -19,7 +19,7 @@
 //!   netns/<id>         the container's network namespace (a bind mount)
 //!   runtime/<name>/    the OCI runtime's own state (--root)
 //! /run/skiff/ipam/       address leases on skiff0, shared by all roots
-//! /run/skiff/sealed/<fd>/crun
+//! /run/skiff/sealed/<fd>/<runtime>
 //!                      links to the runtime's sealed copy, exec'd through
 //!                      them under its own name (see skiff-runtime's oci.rs)
 //! ```

@@ -250,11 +250,11 @@ pub fn resolve_or_pull(ctx: &Context, name: &str) -> Result<Image> {
             if !quiet {
                 eprintln!("Unable to find image '{r}' locally");
             }
-            // Said once, as the outermost context: without a terminal the
-            // line above is not printed, and a registry error alone (say, no
-            // registry on localhost) hides that the image is simply missing.
+            // Without a terminal the line above is not printed, and a
+            // registry error alone (say, no registry on localhost) would
+            // hide that the image is simply missing here.
             pull_image(ctx, &r, quiet)
-                .with_context(|| format!("image {r} is not here and cannot be pulled"))
+                .with_context(|| format!("image {r} is not in the local store; pulling it failed"))
         }
         Err(e) => Err(e.into()),
     }

@@ -288,6 +288,17 @@ fn traffic_splits_and_gated_rollout() {
     assert_eq!(seen.get("split-00002"), Some(&3), "{seen:?}");
     s.ok(&["traffic", "split", "split-00001=100", "--clear-tags"]);
     assert_eq!(get(gw, "next-split.localhost", "/").0, 404);
+    let e = s.fails(&[
+        "traffic",
+        "split",
+        "split-00001=100",
+        "--tag",
+        "a=split-00002",
+        "--tag",
+        "b=split-00002",
+    ]);
+    assert!(e.contains("one tag"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
     s.ok(&[
         "traffic",
         "split",

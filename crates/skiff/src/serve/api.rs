@@ -189,10 +189,14 @@ pub(super) async fn deploy_spec(
     .await
     .map_err(internal)?
     .map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("image {}: {e:#}", spec.image),
-        )
+        // Named once: a failed pull says which image already.
+        let why = format!("{e:#}");
+        let why = if why.starts_with("image ") {
+            why
+        } else {
+            format!("image {}: {why}", spec.image)
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, why)
     })?;
     let one_at_a_time = daemon.changes.lock().await;
     let (n, s) = (name.clone(), spec.clone());
