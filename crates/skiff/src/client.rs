@@ -254,7 +254,12 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
         Method::POST,
         &format!("/v1/services/{name}/revisions{query}"),
         Some(serde_json::to_vec(&spec)?),
-    )?;
+    )
+    .map_err(|e| match &kept {
+        // A revision that cannot start may owe it to a kept setting.
+        Some(kept) => anyhow::anyhow!("{e:#} (the settings not given were {kept})"),
+        None => e,
+    })?;
     let rev = answer["revision"].as_str().unwrap_or("?");
     if answer["traffic"] == "none" {
         println!("Service {name}: revision {rev} created; traffic unchanged");
