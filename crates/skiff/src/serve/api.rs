@@ -324,7 +324,14 @@ async fn traffic(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Re
     };
     let split: Vec<TrafficTarget> = match serde_json::from_slice(&body) {
         Ok(s) => s,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("traffic: {e}")),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "traffic: expected a JSON list of {{\"revision\", \"percent\", \"tag\"}} targets: {e}"
+                ),
+            )
+        }
     };
     let _one_at_a_time = daemon.changes.lock().await;
     let n = name.clone();
