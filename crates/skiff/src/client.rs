@@ -224,6 +224,7 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     let from = latest
         .as_ref()
         .map(|(rev, status, _)| format!("{rev}'s ({status})"));
+    let base = latest.as_ref().map(|(rev, _, _)| rev.clone());
     let (mut spec, kept) = settle(latest.map(|(_, _, spec)| spec), &args, env)?;
     let kept = from.filter(|_| kept);
     // A bad value may be one the flags did not give: say where it came from.
@@ -248,7 +249,20 @@ pub fn deploy(ctx: &Context, args: DeployArgs) -> Result<()> {
     if ctx.host.is_none() && args.source.is_none() {
         crate::images::resolve_or_pull(ctx, &spec.image)?;
     }
-    let query = if args.no_traffic { "?traffic=none" } else { "" };
+    // The revision merged from goes along: a deploy in between is refused
+    // (409), not silently undone.
+    let mut query = Vec::new();
+    if args.no_traffic {
+        query.push("traffic=none".to_string());
+    }
+    if let (Some(base), true) = (&base, kept.is_some()) {
+        query.push(format!("base={base}"));
+    }
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
     let answer = call(
         ctx,
         Method::POST,

@@ -173,6 +173,20 @@ fn control_over_tcp_needs_the_token() {
     let (code, head, body) = get(d.gateway, &format!("hello.localhost:{}", d.gateway), "/");
     assert_eq!(code, 200, "{head}\n{body}");
     assert!(body.contains("Hello from Skiff"), "{body}");
+    // A deploy merged from a revision that is no longer the newest is
+    // refused whole (409), not applied over the one in between.
+    let stale = |base: &str| {
+        let path = format!("/v1/services/hello/revisions?traffic=none&base={base}");
+        request(port, "POST", &path, Some(&bearer), spec)
+    };
+    let (code, _, body) = stale("hello-00001");
+    assert_eq!(code, 201, "{body}");
+    let (code, _, body) = stale("hello-00001");
+    assert_eq!(code, 409, "{body}");
+    assert!(error_of(&body).contains("now at hello-00002"), "{body}");
+    let (code, _, body) = request(port, "GET", "/v1/services/hello", Some(&bearer), "");
+    assert_eq!(code, 200);
+    assert!(!body.contains("hello-00003"), "{body}");
     // --host does the same as SKIFF_HOST.
     let mut c = s.cmd(&["--host", &host, "describe", "hello", "--json"]);
     let desc = ok(c.env("SKIFF_TOKEN", token).output().unwrap());

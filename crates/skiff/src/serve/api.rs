@@ -6,6 +6,7 @@
 //! ```text
 //! POST   /v1/services/{name}/revisions   body: ServiceSpec → 201 {service, revision, traffic, urls}
 //!        ?traffic=none: only create the revision
+//!        ?base=REV: 409 unless REV is still the newest revision
 //! PUT    /v1/services/{name}/traffic     body: [TrafficTarget] → {service, traffic}
 //! GET    /v1/services                    → [{name, revision, instances, urls}]
 //! GET    /v1/services/{name}             → {name, revisions, traffic, instances, urls}
@@ -137,10 +138,18 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
         Ok(n) => n,
         Err(r) => return r.into(),
     };
-    let no_traffic = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "traffic=none"));
+    let query = req.uri().query().unwrap_or_default();
+    let no_traffic = query.split('&').any(|p| p == "traffic=none");
+    // `base=REV`: the revision the client merged its spec from (the CLI's
+    // deploy keeps what its flags do not say); another deploy since then
+    // would be undone by this one, so it is refused instead.
+    let base = match query.split('&').find_map(|p| p.strip_prefix("base=")) {
+        None => None,
+        Some(b) => match b.parse::<RevisionName>() {
+            Ok(b) => Some(b),
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("base: {e}")),
+        },
+    };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
@@ -149,7 +158,7 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
         Ok(s) => s,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("service spec: {e}")),
     };
-    match deploy_spec(daemon, name.clone(), spec, no_traffic).await {
+    match deploy_spec(daemon, name.clone(), spec, no_traffic, base).await {
         Ok((rev_name, traffic)) => json(
             StatusCode::CREATED,
             &json!({
@@ -163,13 +172,15 @@ async fn deploy(daemon: &Arc<Daemon>, name: &str, req: Request<Incoming>) -> Res
     }
 }
 
-/// Deploys `spec` as the service's next revision (see `deploy`); the
-/// revision, and how much traffic it took: "all" or "none".
+/// Deploys `spec` as the service's next revision (see `deploy`), if
+/// `base` (when given) is still its newest; the revision, and how much
+/// traffic it took: "all" or "none".
 pub(super) async fn deploy_spec(
     daemon: &Arc<Daemon>,
     name: ServiceName,
     mut spec: ServiceSpec,
     no_traffic: bool,
+    base: Option<RevisionName>,
 ) -> Result<(RevisionName, &'static str), ApiError> {
     // A Lambda runtime client takes one invocation at a time.
     if spec.mode == Mode::Lambda {
@@ -201,6 +212,17 @@ pub(super) async fn deploy_spec(
     let one_at_a_time = daemon.changes.lock().await;
     let (n, s) = (name.clone(), spec.clone());
     let created = with_state(daemon, move |st| {
+        if let Some(base) = base {
+            let newest = st.list_revisions(&n).map_err(state_err)?;
+            let newest = newest.first().map(|r| &r.name);
+            if newest != Some(&base) {
+                let now = newest.map_or("deleted".to_string(), |r| format!("now at {r}"));
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("service {n} changed while this deploy read {base}'s settings ({now}): deploy again"),
+                ));
+            }
+        }
         let first = st.traffic(&n).map_err(state_err)?.is_empty();
         let rev = st.create_revision(&n, &s).map_err(state_err)?;
         if first {

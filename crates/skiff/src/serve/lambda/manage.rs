@@ -273,7 +273,7 @@ async fn deploy(
     spec: ServiceSpec,
     status: StatusCode,
 ) -> Answer {
-    deploy_spec(daemon, n.clone(), spec, false).await?;
+    deploy_spec(daemon, n.clone(), spec, false, None).await?;
     let latest = revisions(daemon, &n).await?.remove(0);
     Ok((status, configuration(daemon, &n, &latest)))
 }
@@ -383,7 +383,7 @@ async fn event_config(daemon: &Arc<Daemon>, fname: &str, change: Option<Value>) 
         }
         spec.validate()
             .map_err(|e| AwsError::invalid(e.to_string()))?;
-        deploy_spec(daemon, n.clone(), spec.clone(), false).await?;
+        deploy_spec(daemon, n.clone(), spec.clone(), false, None).await?;
     }
     let mut on_failure = json!({});
     if let Some(d) = &spec.on_failure {
