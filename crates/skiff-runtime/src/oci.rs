@@ -211,7 +211,7 @@ impl OciRuntime {
     /// `/proc/self/exe`, and has nothing to gain.
     fn sealed(&self) -> Option<PathBuf> {
         matches!(self.name.as_str(), "crun" | "runc")
-            .then(|| sealed(&self.binary))
+            .then(|| sealed(&self.binary, &self.name))
             .flatten()
     }
 
@@ -454,7 +454,7 @@ fn runtime_log_message(line: &str) -> String {
     line.to_string()
 }
 
-/// `binary`'s sealed in-memory copy, as a path to exec (see [`named`];
+/// `binary`'s sealed in-memory copy, as a path to exec under `name` (see [`named`];
 /// else `/proc/self/fd/N`): made once per process and binary, kept open
 /// for the process's life. `None` for a script, or when the kernel cannot
 /// make one: the binary then runs as it is.
@@ -472,7 +472,7 @@ fn runtime_log_message(line: &str) -> String {
 /// runs from it, so one per daemon, and one per detached container, whose
 /// `crun run` stays for its life (crun's own fallback, a copy of its own,
 /// costs the same).
-fn sealed(binary: &Path) -> Option<PathBuf> {
+fn sealed(binary: &Path, name: &str) -> Option<PathBuf> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::sync::Mutex;
     /// A binary's copy, and the path it is exec'd from.
@@ -523,10 +523,6 @@ fn sealed(binary: &Path) -> Option<PathBuf> {
         .map(|fd| {
             let raw = fd.as_raw_fd();
             let copy = PathBuf::from(format!("/proc/self/fd/{raw}"));
-            let name = binary
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("runtime");
             let exec = named(&copy, raw, name).unwrap_or(copy);
             (fd, exec)
         });

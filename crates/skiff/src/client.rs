@@ -52,7 +52,12 @@ fn endpoint(ctx: &Context) -> Result<Endpoint> {
 /// One request to the daemon; the JSON it answered, or its error as ours.
 fn call(ctx: &Context, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
     let (status, _, bytes) = exchange(ctx, method, path, &[], body)?;
-    let value: Value = serde_json::from_slice(&bytes)
+    answer(status, &bytes)
+}
+
+/// The daemon's JSON answer, or its `{"error"}` as the error.
+fn answer(status: hyper::StatusCode, bytes: &[u8]) -> Result<Value> {
+    let value: Value = serde_json::from_slice(bytes)
         .with_context(|| format!("the skiff daemon answered {status} without JSON"))?;
     if !status.is_success() {
         let why = value["error"].as_str().unwrap_or("no reason given");
@@ -374,12 +379,7 @@ fn current(ctx: &Context, name: &ServiceName) -> Result<Option<Value>> {
     if status == hyper::StatusCode::NOT_FOUND {
         return Ok(None);
     }
-    let value: Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("the skiff daemon answered {status} without JSON"))?;
-    if !status.is_success() {
-        bail!("{}", value["error"].as_str().unwrap_or("no reason given"));
-    }
-    Ok(Some(value))
+    answer(status, &bytes).map(Some)
 }
 
 /// The service's newest revision: its name, status and spec. A spec this

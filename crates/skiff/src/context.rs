@@ -4,7 +4,8 @@
 //! $SKIFF_ROOT/
 //!   images/            content store (an OCI image layout + unpacked layers)
 //!   containers/<id>/   what a container writes: upper, work (its overlay's
-//!                      writable layer), container.log
+//!                      writable layer), hosts, hostname, resolv.conf,
+//!                      container.log
 //!   init-layer/etc/    empty hosts, hostname, resolv.conf: the top layer of
 //!                      every container's rootfs (see `Context::init_layer`)
 //!   logs/<service>/    service instances' output, which outlives them:
@@ -15,7 +16,7 @@
 //!   auth.json          registry credentials (Docker's config.json format)
 //! /run/skiff/<hash of $SKIFF_ROOT>/
 //!   containers/<id>/   the bundle: config.json, rootfs (the overlay's mount
-//!                      point), hosts, hostname, resolv.conf, pid, runtime.log
+//!                      point), pid, runtime.log
 //!   netns/<id>         the container's network namespace (a bind mount)
 //!   runtime/<name>/    the OCI runtime's own state (--root)
 //! /run/skiff/ipam/       address leases on skiff0, shared by all roots
@@ -106,7 +107,7 @@ impl Context {
     }
 
     /// What container `id` writes: its overlay's upper and work
-    /// directories and its log.
+    /// directories, the /etc files it may write to, and its log.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)
     }

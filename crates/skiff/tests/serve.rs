@@ -299,13 +299,6 @@ fn traffic_splits_and_gated_rollout() {
     ]);
     assert!(e.contains("one tag"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
-    s.ok(&[
-        "traffic",
-        "split",
-        "split-00001=100",
-        "--tag",
-        "next=split-00002",
-    ]);
 
     // --no-traffic: created, not serving. What the flags do not say is
     // kept from the latest revision (as `gcloud run deploy`); --env adds.

@@ -307,14 +307,6 @@ async fn proxy(
                 upstream = *unsent;
             }
             Err(SendError::Exchange(e)) => {
-                let by_client = caused_by_cap(&e)
-                    || caused_by::<BodyStalled>(&e)
-                    || caused_by::<ClientBody>(&e);
-                if !by_client {
-                    // The connection broke mid-request: if the instance no
-                    // longer accepts connections, it died; send nothing more there.
-                    rev.check(&lease.instance);
-                }
                 let resp = if caused_by_cap(&e) {
                     too_large(&route.service)
                 } else if caused_by::<BodyStalled>(&e) {
@@ -328,6 +320,10 @@ async fn proxy(
                         format!("service {}: {}", route.service, error_chain(bad)),
                     )
                 } else {
+                    // Not the client's doing: the connection broke
+                    // mid-request. If the instance no longer accepts
+                    // connections, it died; send nothing more there.
+                    rev.check(&lease.instance);
                     json_error(
                         StatusCode::BAD_GATEWAY,
                         format!(
