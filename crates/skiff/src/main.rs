@@ -11,6 +11,7 @@ mod monitor;
 mod progress;
 mod proxy;
 mod serve;
+mod spawn;
 
 use std::process::ExitCode;
 

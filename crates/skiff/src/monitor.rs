@@ -17,6 +17,7 @@
 //! left), and a start saves the exec of a monitor process and its opening
 //! of the database, about 2.5 ms of a 16 ms cold start.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -37,6 +38,7 @@ use skiff_state::ContainerRecord;
 use crate::container::release;
 use crate::context::Context;
 use crate::logs::{log_path, open_log, pump, Stream};
+use crate::spawn::{self, Spawned};
 use skiff_state::now_ms;
 
 pub struct Options {
@@ -75,7 +77,7 @@ pub fn run(
     mut notify: Option<Notify>,
 ) -> Result<u8> {
     // Blocked here (and so in every thread spawned after), taken by
-    // `sigwait` in the forwarding thread, unblocked in the runtime child.
+    // `sigwait` in the forwarding thread; the runtime starts with none.
     let signals = forwarded_signals();
     if opts.forward_signals {
         signals
@@ -112,9 +114,7 @@ pub fn run(
         crate::proxy::serve(listeners, ip);
     }
     let targets = Arc::new(Targets::default());
-    targets
-        .runtime
-        .store(started.child.id() as i32, Ordering::SeqCst);
+    targets.runtime.store(started.child.id(), Ordering::SeqCst);
     targets.init.store(started.pid, Ordering::SeqCst);
     if opts.forward_signals {
         let t = targets.clone();
@@ -153,7 +153,7 @@ pub fn run(
 type Pumps = Vec<std::thread::JoinHandle<std::io::Result<()>>>;
 
 struct Started {
-    child: Child,
+    child: Spawned,
     /// The container's init, as the host sees it.
     pid: i32,
     pumps: Pumps,
@@ -171,34 +171,27 @@ fn start(
     let dir = ctx.bundle_dir(&record.id);
     let pid_file = dir.join("pid");
     let log_file = dir.join(LOG_FILE);
-    let mut cmd = runtime.run_command(&record.id, &dir, &pid_file, &log_file);
-    cmd.stdin(if opts.interactive {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    });
+    let cmd = runtime.run_command(&record.id, &dir, &pid_file, &log_file);
     // A foreground `--rm` container keeps no log: its output goes straight
     // to the terminal, with no copy in between.
     let keep_log = !(opts.foreground && record.auto_remove);
-    if keep_log {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    }
-    if opts.forward_signals {
-        unsafe {
-            cmd.pre_exec(|| {
-                // The forwarding mask must not reach the runtime or the container.
-                SigSet::empty()
-                    .thread_set_mask()
-                    .map_err(std::io::Error::from)
-            });
-        }
-    } else {
-        cmd.process_group(0);
-    }
+    let argv: Vec<&OsStr> = std::iter::once(runtime.binary().as_os_str())
+        .chain(cmd.get_args())
+        .collect();
     tracing::debug!("starting the runtime");
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start the OCI runtime {}", runtime.name()))?;
+    // The forwarding mask must not reach the runtime or the container:
+    // the child starts with none (see spawn). A monitor that forwards no
+    // signals (the daemon's) puts the runtime in a process group of its own.
+    let mut child = spawn::spawn(
+        Path::new(cmd.get_program()),
+        &argv,
+        spawn::Stdio {
+            inherit_stdin: opts.interactive,
+            capture_output: keep_log,
+        },
+        !opts.forward_signals,
+    )
+    .with_context(|| format!("cannot start the OCI runtime {}", runtime.name()))?;
     let mut pumps = Vec::new();
     if keep_log {
         let log = open_log(&log_path(ctx, record))?;
