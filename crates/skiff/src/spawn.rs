@@ -21,7 +21,7 @@ use std::process::ExitStatus;
 
 use nix::fcntl::OFlag;
 use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::SigSet;
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
@@ -44,8 +44,8 @@ pub struct Spawned {
 }
 
 /// Starts `program` with `argv` (argv[0] first) and this process's
-/// environment, with no signal blocked and SIGPIPE at its default (Rust
-/// ignores it, and an ignored signal stays ignored across exec). With
+/// environment, with no signal blocked and every signal at its default
+/// action (see [`signals_to_default`]). With
 /// `own_group` the child leads a new process group, out of reach of a
 /// Ctrl-C meant for this process.
 pub fn spawn(
@@ -70,9 +70,7 @@ pub fn spawn(
 
     let mut attr = PosixSpawnAttr::init()?;
     attr.set_sigmask(&SigSet::empty())?;
-    let mut default = SigSet::empty();
-    default.add(Signal::SIGPIPE);
-    attr.set_sigdefault(&default)?;
+    attr.set_sigdefault(&signals_to_default())?;
     let mut flags =
         PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF;
     if own_group {
@@ -103,6 +101,35 @@ pub fn spawn(
         stdout: reads.next(),
         stderr: reads.next(),
     })
+}
+
+/// The signals the child gets at their default action: all of them. An
+/// ignored signal stays ignored across exec, and the container must start
+/// as it would under a daemon, whatever this process inherited (`nohup`
+/// ignores SIGHUP, a shell's background job SIGINT and SIGQUIT, Rust
+/// SIGPIPE). That includes glibc's own two (32 and 33), which its
+/// posix_spawn leaves ignored in the child unless named here, and which
+/// sigfillset leaves out: their bits are set by hand, in glibc's layout
+/// (an array of unsigned long, bit n-1 for signal n).
+fn signals_to_default() -> SigSet {
+    let mut set = *SigSet::empty().as_ref();
+    // SAFETY: `set` is an initialised sigset_t, viewed as the array of
+    // unsigned long glibc defines it as, in bounds for signals 1..=1024.
+    unsafe {
+        libc::sigfillset(&mut set);
+        // Their action cannot be changed; asking is an error.
+        libc::sigdelset(&mut set, libc::SIGKILL);
+        libc::sigdelset(&mut set, libc::SIGSTOP);
+        let words = std::slice::from_raw_parts_mut(
+            (&mut set as *mut libc::sigset_t).cast::<libc::c_ulong>(),
+            std::mem::size_of::<libc::sigset_t>() / std::mem::size_of::<libc::c_ulong>(),
+        );
+        let bits = libc::c_ulong::BITS as usize;
+        for sig in [32usize, 33] {
+            words[(sig - 1) / bits] |= 1 << ((sig - 1) % bits);
+        }
+        SigSet::from_sigset_t_unchecked(set)
+    }
 }
 
 impl Spawned {

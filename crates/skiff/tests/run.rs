@@ -449,6 +449,34 @@ fn stdin_volumes_limits_networks_and_runtimes() {
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 }
 
+/// The monitor keeps the signals it forwards blocked, Rust ignores
+/// SIGPIPE, the test harness may ignore more, and glibc's posix_spawn
+/// ignores its own two (32 and 33) in the child; none of it may reach the
+/// container, which starts as under a daemon: nothing blocked, nothing
+/// ignored. (crun resets the mask and signals 1-31 itself, but not 32 and
+/// 33.) Both the foreground monitor and a detached one are checked.
+#[test]
+fn the_container_starts_with_no_signal_blocked_or_ignored() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    // grep itself, not `sh -c`: busybox's sh ignores SIGQUIT when it
+    // execs its last command in place.
+    let masks = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+    let expected = "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n";
+    let run = |how: &str| s.ok(&[&["run", how, img][..], &masks[..]].concat());
+    assert_eq!(run("--rm"), expected);
+    let id = run("-d");
+    let id = id.trim();
+    for _ in 0..100 {
+        if s.ok(&["ps", "-a"]).contains("Exited (0)") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(s.ok(&["logs", id]), expected);
+    s.ok(&["rm", id]);
+}
+
 #[test]
 fn sigterm_to_a_foreground_run_stops_the_container() {
     let s = Skiff::new();
