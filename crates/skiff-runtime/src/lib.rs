@@ -19,6 +19,7 @@ pub mod cgroups;
 pub mod network;
 pub mod oci;
 pub mod rootfs;
+pub mod run_root;
 pub mod seccomp;
 pub mod spec;
 

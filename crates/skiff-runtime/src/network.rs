@@ -118,6 +118,7 @@ impl Network {
     /// Creates the namespace `netns_dir/<id>` with `lo` up and `eth0` on
     /// the bridge holding a fresh address. On failure nothing is left.
     pub fn setup(&self, id: &str, netns_dir: &Path) -> Result<Attachment, NetworkError> {
+        crate::run_root::ensure();
         let netns_path = Self::netns_path(id, netns_dir);
         let (ns_fd, ns_nl) = create_netns(&netns_path)?;
         let ip = match self.allocate(&netns_path) {

@@ -542,6 +542,7 @@ fn sealed(binary: &Path, name: &str) -> Option<PathBuf> {
 /// `None` if one is not, or the link cannot be made.
 fn named(copy: &Path, fd: i32, name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    crate::run_root::ensure();
     let dir = Path::new(SEALED_DIR).join(fd.to_string());
     let link = dir.join(name);
     let made = std::fs::DirBuilder::new()

@@ -191,7 +191,8 @@ impl Context {
             Err(_) => (self.root.clone(), false),
         };
         let key = skiff_core::Digest::of(root.as_os_str().as_bytes());
-        let dir = Path::new("/run/skiff").join(key.short());
+        skiff_runtime::run_root::ensure();
+        let dir = Path::new(skiff_runtime::run_root::RUN_ROOT).join(key.short());
         if exists {
             let _ = self.run_dir.set(dir.clone());
         }

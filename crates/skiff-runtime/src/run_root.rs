@@ -1,0 +1,122 @@
+//! `/run/skiff`: what lives only as long as the kernel (bundles, the OCI
+//! runtime's state, network namespaces, address leases, the runtime's
+//! sealed copy), kept on a tmpfs.
+//!
+//! /run is a tmpfs on a usual Linux host, and then so is `/run/skiff`.
+//! Where it is not (a VM whose init leaves /run on the root filesystem),
+//! Skiff mounts a tmpfs there itself, once per boot: every container start
+//! creates and removes a dozen small files under it, and on a disk
+//! filesystem that costs. Measured on such a VM (ext4 without a journal,
+//! which scans recently deleted inodes on every new one): `skiff run --rm
+//! IMG true` 1.49 ms faster [0.99, 1.90] with the run directory on tmpfs
+//! (`bench/ab-start`, 300 runs a side). A tmpfs is also cleared at boot,
+//! as FHS asks of /run, so nothing of a past boot is mistaken for live.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+
+/// The root of everything per boot; see the module docs.
+pub const RUN_ROOT: &str = "/run/skiff";
+
+/// Makes sure [`RUN_ROOT`] is on a tmpfs, mounting one if it is not and
+/// holds nothing live; once per process, before anything is made under
+/// it. Failing that, Skiff goes on where the directory is: slower, not
+/// wrong.
+pub fn ensure() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if let Err(e) = mount_tmpfs() {
+            tracing::debug!("{RUN_ROOT} is not on a tmpfs and stays so: {e}");
+        }
+    });
+}
+
+fn mount_tmpfs() -> io::Result<()> {
+    let root = Path::new(RUN_ROOT);
+    if on_tmpfs(root)? {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root)?;
+    // Serialised on the directory as it is before the mount: a process
+    // that opens it after the mount gets the tmpfs's root instead, and
+    // finds the tmpfs below.
+    let dir = File::open(root)?;
+    // SAFETY: flock on a descriptor we own; released when `dir` drops.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if on_tmpfs(root)? {
+        return Ok(());
+    }
+    // A container started before (by a Skiff that did not mount) has its
+    // rootfs and network namespace mounted below: hiding them under a new
+    // tmpfs would strand it. Without mounts, what is there is files of a
+    // past boot.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if mounts_below(&mounts, RUN_ROOT) {
+        return Err(io::Error::other(
+            "mounts below it belong to running containers",
+        ));
+    }
+    mount(
+        Some("skiff"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        // Debian's own size for /run.
+        Some("mode=0755,size=10%"),
+    )?;
+    tracing::debug!("mounted a tmpfs on {RUN_ROOT}");
+    Ok(())
+}
+
+/// Whether `path`, or the directory it would be made in, is on a tmpfs.
+fn on_tmpfs(path: &Path) -> io::Result<bool> {
+    for p in path.ancestors() {
+        match statfs(p) {
+            Ok(fs) => return Ok(fs.filesystem_type() == TMPFS_MAGIC),
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether mountinfo lists a mount at or below `dir`.
+fn mounts_below(mountinfo: &str, dir: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        line.split_whitespace().nth(4).is_some_and(|mp| {
+            mp == dir
+                || mp
+                    .strip_prefix(dir)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_below_a_directory() {
+        let info = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:40 / /run/skiffy rw - tmpfs tmpfs rw
+41 22 0:41 / /run/skiff/ab/netns/x rw - nsfs nsfs rw
+";
+        assert!(mounts_below(info, "/run/skiff"));
+        assert!(!mounts_below(info, "/run/skif"));
+        assert!(!mounts_below(
+            &info.lines().take(2).collect::<Vec<_>>().join("\n"),
+            "/run/skiff"
+        ));
+        assert!(mounts_below(info, "/run/skiffy"));
+    }
+}
