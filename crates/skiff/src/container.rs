@@ -291,31 +291,17 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
         tracing::debug!(id, "runtime delete: {e}");
     }
     let (dir, bundle) = (ctx.container_dir(id), ctx.bundle_dir(id));
-    // (A container prepared by an older Skiff has its rootfs in `dir`.)
-    let mut unmounted = true;
-    for rootfs in [bundle.join("rootfs"), dir.join("rootfs")] {
-        if let Err(e) = skiff_runtime::rootfs::unmount(&rootfs) {
-            tracing::warn!(id, "unmount rootfs: {e}");
-            unmounted = false;
-        }
-    }
     // Never delete through a rootfs still mounted: its directories and
     // the record stay, for a later release to finish.
-    let remove = remove && unmounted;
-    let remove_dir = |dir: &Path| {
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(id, "remove {}: {e}", dir.display());
-            }
-        }
-    };
+    let remove = remove && unmount_rootfs(ctx, id);
     std::thread::scope(|s| {
         // The directory on disk (upper and work: 0.7 ms here) goes on a
         // second thread while the network and the cgroup are released on
-        // this one (or after them, should no thread start).
-        let removing = remove.then(|| {
+        // this one (or after them, should no thread start), unless the
+        // monitor removed it already (see `release_held`).
+        let removing = (remove && dir.exists()).then(|| {
             std::thread::Builder::new()
-                .spawn_scoped(s, || remove_dir(&dir))
+                .spawn_scoped(s, || remove_dir(id, &dir))
                 .ok()
         });
         if let Err(e) = Network::new().teardown_by_id(id, &ctx.netns_dir()) {
@@ -323,12 +309,12 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
         }
         skiff_runtime::cgroups::remove_cgroup(&cgroup_path(id));
         if remove {
-            remove_dir(&bundle);
+            remove_dir(id, &bundle);
             match removing.flatten() {
                 Some(removing) => {
                     let _ = removing.join();
                 }
-                None => remove_dir(&dir),
+                None => remove_dir(id, &dir),
             }
         }
     });
@@ -338,6 +324,45 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
             if let Err(e) = state.remove_container(id) {
                 tracing::warn!(id, "remove record: {e}");
             }
+        }
+    }
+}
+
+/// What a container holds on the host once its processes are gone, while
+/// its runtime may still clean up after it: the rootfs mount, the network
+/// and, when the container is to go, what it wrote. [`release`] later
+/// finds them gone and does the rest.
+pub fn release_held(ctx: &Context, id: &str, remove: bool) {
+    let unmounted = unmount_rootfs(ctx, id);
+    if let Err(e) = Network::new().teardown_by_id(id, &ctx.netns_dir()) {
+        tracing::warn!(id, "network teardown: {e}");
+    }
+    if remove && unmounted {
+        remove_dir(id, &ctx.container_dir(id));
+    }
+}
+
+/// Unmounts container `id`'s rootfs; whether it is unmounted. (A
+/// container prepared by an older Skiff has its rootfs in its container
+/// directory.)
+fn unmount_rootfs(ctx: &Context, id: &str) -> bool {
+    let mut unmounted = true;
+    for rootfs in [
+        ctx.bundle_dir(id).join("rootfs"),
+        ctx.container_dir(id).join("rootfs"),
+    ] {
+        if let Err(e) = skiff_runtime::rootfs::unmount(&rootfs) {
+            tracing::warn!(id, "unmount rootfs: {e}");
+            unmounted = false;
+        }
+    }
+    unmounted
+}
+
+fn remove_dir(id: &str, dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(id, "remove {}: {e}", dir.display());
         }
     }
 }

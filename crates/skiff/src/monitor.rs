@@ -21,7 +21,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -35,7 +35,7 @@ use skiff_core::PortMapping;
 use skiff_runtime::oci::{OciRuntime, LOG_FILE};
 use skiff_state::ContainerRecord;
 
-use crate::container::release;
+use crate::container::{release, release_held};
 use crate::context::Context;
 use crate::logs::{log_path, open_log, pump, Stream};
 use crate::spawn::{self, Spawned};
@@ -122,6 +122,13 @@ pub fn run(
         std::thread::spawn(move || forward_signals(signals, t, foreground));
     }
 
+    // Once the container's init is gone, so is every process of its pid
+    // namespace (the kernel kills them before init's exit completes), and
+    // the runtime only cleans up after it: about a millisecond of cgroup
+    // removal. What the container held on our side goes meanwhile.
+    if init_exits_first(started.pid, started.child.id()) {
+        release_held(ctx, &record.id, record.auto_remove);
+    }
     let status = started
         .child
         .wait()
@@ -238,6 +245,36 @@ fn start(
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(1));
+    }
+}
+
+/// Waits until the container's init or the runtime exits; whether init
+/// did first. False without waiting when either cannot be watched (init
+/// already reaped, or a kernel without pidfds): the caller then waits for
+/// the runtime as before. Should init's pid have been reused already, its
+/// exit was reaped, so true is still the truth about the container.
+fn init_exits_first(init: i32, runtime: i32) -> bool {
+    let watch = |pid: i32| {
+        // SAFETY: pidfd_open takes a pid and flags; a descriptor it
+        // returns is ours to own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    };
+    let (Some(init_fd), Some(runtime_fd)) = (watch(init), watch(runtime)) else {
+        return false;
+    };
+    let mut fds = [init_fd.as_raw_fd(), runtime_fd.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: poll on two pollfds we own, for their whole length.
+        match unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) } {
+            n if n > 0 => return fds[0].revents != 0 && fds[1].revents == 0,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
     }
 }
 
