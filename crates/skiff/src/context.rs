@@ -26,8 +26,9 @@
 //! ```
 //!
 //! What only lives as long as the kernel does (namespaces, the runtime's
-//! view of running containers, the bundle it runs from) is kept on tmpfs,
-//! keyed by the root, so a reboot cannot leave stale entries behind and two
+//! view of running containers, the bundle it runs from) is kept on tmpfs
+//! (Skiff mounts one on /run/skiff where /run is not one: see
+//! skiff-runtime's run_root.rs), keyed by the root, so a reboot cannot leave stale entries behind and two
 //! roots never meet. It is also faster: on ext4, creating files where many
 //! were just deleted makes the inode allocator scan for recently deleted
 //! inodes, which cost `crun run` several milliseconds per container here,

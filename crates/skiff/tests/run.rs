@@ -9,6 +9,10 @@ fn run_echo_and_exit_codes() {
     let s = Skiff::new();
     let img = s.load_busybox();
     assert_eq!(s.ok(&["run", "--rm", img, "echo", "hi"]), "hi\n");
+    // What lives as long as the kernel is on a tmpfs, even on a host
+    // whose /run is not one (this kind of VM).
+    let fs = nix::sys::statfs::statfs(&s.run_dir()).unwrap();
+    assert_eq!(fs.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
 
     let out = s.run(&["run", "--rm", img, "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3));
