@@ -306,16 +306,19 @@ pub fn run_step(
 ) -> Result<RunOutcome, RunError> {
     let etc = EtcFiles {
         hosts: step.bundle.join("hosts"),
-        hostname: step.bundle.join("hostname"),
-        resolv_conf: step.bundle.join("resolv.conf"),
+        hostname: Some(step.bundle.join("hostname")),
+        resolv_conf: Some(step.bundle.join("resolv.conf")),
     };
     let hostname = "skiff-build";
     std::fs::write(
         &etc.hosts,
         skiff_runtime::network::etc_hosts(hostname, None),
     )?;
-    std::fs::write(&etc.hostname, format!("{hostname}\n"))?;
-    std::fs::write(&etc.resolv_conf, skiff_runtime::network::resolv_conf())?;
+    std::fs::write(step.bundle.join("hostname"), format!("{hostname}\n"))?;
+    std::fs::write(
+        step.bundle.join("resolv.conf"),
+        skiff_runtime::network::resolv_conf(),
+    )?;
     let image_keys: Vec<String> = step
         .image
         .env()

@@ -122,12 +122,13 @@ pub struct BindMount {
 
 /// Host files bind-mounted over the container's `/etc/hosts`,
 /// `/etc/hostname` and `/etc/resolv.conf` (the runtime creates the targets
-/// when the image lacks them).
+/// when the image lacks them). `None` for a file the rootfs already holds
+/// (`skiff run` puts hostname and resolv.conf in a layer of its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcFiles {
     pub hosts: PathBuf,
-    pub hostname: PathBuf,
-    pub resolv_conf: PathBuf,
+    pub hostname: Option<PathBuf>,
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// Everything `skiff run` decides about one container.
@@ -471,11 +472,13 @@ fn mounts(cfg: &RunConfig) -> Result<Vec<Mount>, SpecError> {
     ];
     if let Some(etc) = &cfg.etc_files {
         for (dest, src) in [
-            ("/etc/hosts", &etc.hosts),
-            ("/etc/hostname", &etc.hostname),
-            ("/etc/resolv.conf", &etc.resolv_conf),
+            ("/etc/hosts", Some(&etc.hosts)),
+            ("/etc/hostname", etc.hostname.as_ref()),
+            ("/etc/resolv.conf", etc.resolv_conf.as_ref()),
         ] {
-            mounts.push(m(dest, "bind", src, &["rbind", "rprivate"])?);
+            if let Some(src) = src {
+                mounts.push(m(dest, "bind", src, &["rbind", "rprivate"])?);
+            }
         }
     }
     for bind in &cfg.mounts {
@@ -1095,8 +1098,8 @@ mod tests {
         }];
         c.etc_files = Some(EtcFiles {
             hosts: "/h".into(),
-            hostname: "/hn".into(),
-            resolv_conf: "/r".into(),
+            hostname: Some("/hn".into()),
+            resolv_conf: None,
         });
         let spec = built(&c);
         let linux = spec.linux().as_ref().unwrap();
@@ -1120,9 +1123,13 @@ mod tests {
             .find(|m| m.destination() == Path::new("/data"))
             .unwrap();
         assert!(data.options().as_ref().unwrap().contains(&"ro".to_string()));
-        assert!(mounts
+        // Only the /etc files given are bind-mounted.
+        let etc: Vec<_> = mounts
             .iter()
-            .any(|m| m.destination() == Path::new("/etc/resolv.conf")));
+            .filter(|m| m.destination().starts_with("/etc"))
+            .map(|m| m.destination().to_str().unwrap())
+            .collect();
+        assert_eq!(etc, ["/etc/hosts", "/etc/hostname"]);
 
         c.network = NetworkConfig::Host;
         c.cpus_milli = Some(1);

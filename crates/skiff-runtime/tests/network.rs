@@ -67,8 +67,8 @@ fn a_container_gets_an_address_on_the_bridge_and_nothing_is_left() {
     cfg.network = NetworkConfig::Path(att.netns_path.clone());
     cfg.etc_files = Some(EtcFiles {
         hosts: f.dir("hosts"),
-        hostname: f.dir("hostname"),
-        resolv_conf: f.dir("resolv.conf"),
+        hostname: Some(f.dir("hostname")),
+        resolv_conf: Some(f.dir("resolv.conf")),
     });
     let out = f.run(&cfg);
     let text = stdout(&out);

@@ -167,17 +167,25 @@ pub fn prepare(
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let mut layers = ctx.store()?.layer_dirs(image)?;
-    if etc_is_plain(&layers) {
-        layers.push(ctx.init_layer()?);
-    }
+    // Over a plain /etc goes a layer of the container's own, Docker's
+    // "init layer" made per container: /etc with hostname and resolv.conf,
+    // and an empty hosts for the runtime to bind-mount the real one over
+    // (it holds the address, known only once the network is made). Images
+    // do not carry these files. Lower layers are read-only, so the layer
+    // can live with the bundle on tmpfs: the container's writes to these
+    // files are copied up to its upper directory on disk, as any file's.
+    // Otherwise the runtime bind-mounts all three, creating the targets.
+    let etc_layer = etc_is_plain(&layers).then(|| bundle.join("etc-layer"));
+    layers.extend(etc_layer.clone());
     let netns_dir = ctx.netns_dir();
+    let on_disk = |name: &str| etc_layer.is_none().then(|| dir.join(name));
     let etc = EtcFiles {
         // On disk, not in the bundle on tmpfs: the container may write to
         // them (they are mounted read-write, as Docker's), and what it
         // writes must not fill the host's /run.
         hosts: dir.join("hosts"),
-        hostname: dir.join("hostname"),
-        resolv_conf: dir.join("resolv.conf"),
+        hostname: on_disk("hostname"),
+        resolv_conf: on_disk("resolv.conf"),
     };
     let network = match args.network.as_str() {
         "host" => NetworkConfig::Host,
@@ -195,6 +203,15 @@ pub fn prepare(
     let bridge = matches!(network, NetworkConfig::Path(_));
     let hostname = record.id[..12].to_string();
     let lay_out = || -> Result<Vec<String>> {
+        let hostname_file = format!("{hostname}\n");
+        let resolv_conf = skiff_runtime::network::resolv_conf();
+        match &etc_layer {
+            Some(layer) => write_etc_layer(layer, &hostname_file, &resolv_conf)?,
+            None => {
+                std::fs::write(dir.join("hostname"), hostname_file)?;
+                std::fs::write(dir.join("resolv.conf"), resolv_conf)?;
+            }
+        }
         let t0 = std::time::Instant::now();
         // `volatile`: a container's upper directory never outlives it (there
         // is no restart), so overlayfs need not sync it; without this,
@@ -209,8 +226,6 @@ pub fn prepare(
             "volatile",
         )?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
-        std::fs::write(&etc.hostname, format!("{hostname}\n"))?;
-        std::fs::write(&etc.resolv_conf, skiff_runtime::network::resolv_conf())?;
         let cfg = RunConfig {
             image: image.config.config().clone().unwrap_or_default(),
             entrypoint: args.entrypoint.clone(),
@@ -264,11 +279,34 @@ pub fn prepare(
     Ok(Prepared { ip, command })
 }
 
+/// The container's own layer at `layer` (see `prepare`): `etc/` (root's,
+/// 0755) with `hostname`, `resolv.conf` and an empty `hosts`, all 0644
+/// whatever the umask.
+fn write_etc_layer(layer: &Path, hostname: &str, resolv_conf: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let etc = layer.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    for d in [layer, &etc] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    for (name, content) in [
+        ("hosts", ""),
+        ("hostname", hostname),
+        ("resolv.conf", resolv_conf),
+    ] {
+        let mut f = std::fs::File::create(etc.join(name))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.write_all(content.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Whether `/etc` in the rootfs over `layers` (base first) is absent or a
-/// directory the init layer's `/etc` can go over unnoticed: root's, mode
+/// directory the container's etc layer can go over unnoticed: root's, mode
 /// 0755. The topmost layer's directory gives the merged one its owner and
 /// mode, and a directory hides a symlink or a whiteout below it, so other
-/// images go without the init layer.
+/// images go without the layer.
 fn etc_is_plain(layers: &[PathBuf]) -> bool {
     use std::os::unix::fs::MetadataExt;
     layers
@@ -653,7 +691,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_init_layer_goes_only_over_a_plain_etc() {
+    fn the_etc_layer_goes_only_over_a_plain_etc() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let layer = |name: &str| {
@@ -674,7 +712,7 @@ mod tests {
         assert!(!etc_is_plain(&[base.clone(), top.clone()]));
         etc(&other, 0o755);
         assert!(etc_is_plain(&[base.clone(), top.clone(), other.clone()]));
-        // Its owner and mode would be the init layer's.
+        // Its owner and mode would be the etc layer's.
         etc(&last, 0o775);
         assert!(!etc_is_plain(&[
             base.clone(),

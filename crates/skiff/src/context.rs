@@ -4,10 +4,9 @@
 //! $SKIFF_ROOT/
 //!   images/            content store (an OCI image layout + unpacked layers)
 //!   containers/<id>/   what a container writes: upper, work (its overlay's
-//!                      writable layer), hosts, hostname, resolv.conf,
+//!                      writable layer), hosts (hostname and resolv.conf
+//!                      too, under an image whose /etc is not plain),
 //!                      container.log
-//!   init-layer/etc/    empty hosts, hostname, resolv.conf: the top layer of
-//!                      every container's rootfs (see `Context::init_layer`)
 //!   logs/<service>/    service instances' output, which outlives them:
 //!                      <instance>.log (and .log.1, rotated)
 //!   state.db           SQLite: containers, services, revisions, traffic
@@ -16,7 +15,8 @@
 //!   auth.json          registry credentials (Docker's config.json format)
 //! /run/skiff/<hash of $SKIFF_ROOT>/
 //!   containers/<id>/   the bundle: config.json, rootfs (the overlay's mount
-//!                      point), pid, runtime.log
+//!                      point), etc-layer (its top lower layer: /etc with
+//!                      hostname, resolv.conf), pid, runtime.log
 //!   netns/<id>         the container's network namespace (a bind mount)
 //!   runtime/<name>/    the OCI runtime's own state (--root)
 //! /run/skiff/ipam/       address leases on skiff0, shared by all roots
@@ -28,8 +28,8 @@
 //! What only lives as long as the kernel does (namespaces, the runtime's
 //! view of running containers, the bundle it runs from) is kept on tmpfs
 //! (Skiff mounts one on /run/skiff where /run is not one: see
-//! skiff-runtime's run_root.rs), keyed by the root, so a reboot cannot leave stale entries behind and two
-//! roots never meet. It is also faster: on ext4, creating files where many
+//! skiff-runtime's run_root.rs), keyed by the root, so a reboot cannot
+//! leave stale entries behind and two roots never meet. It is also faster: on ext4, creating files where many
 //! were just deleted makes the inode allocator scan for recently deleted
 //! inodes, which cost `crun run` several milliseconds per container here,
 //! and every file made and removed is a journal write (a bundle on tmpfs
@@ -111,49 +111,6 @@ impl Context {
     /// directories, the /etc files it may write to, and its log.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)
-    }
-
-    /// The layer put above an image's own in a container's rootfs, like
-    /// Docker's "init layer": an `/etc` (root's, 0755) with empty `hosts`,
-    /// `hostname` and `resolv.conf`, which the runtime bind-mounts over.
-    /// Images do not carry these files, so without it the runtime creates
-    /// them, and `/etc`, in each container's upper directory on disk, to be
-    /// removed again with the container. Made once, whole or not at all
-    /// (built aside under a name no other thread or process uses, then
-    /// renamed into place).
-    pub fn init_layer(&self) -> Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = self.root.join("init-layer");
-        if dir.is_dir() {
-            return Ok(dir);
-        }
-        self.ensure_root()?;
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self
-            .root
-            .join(format!(".init-layer.{}.{seq}", std::process::id()));
-        let made = (|| -> std::io::Result<()> {
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(tmp.join("etc"))?;
-            for d in [&tmp, &tmp.join("etc")] {
-                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
-            }
-            for f in ["hosts", "hostname", "resolv.conf"] {
-                let f = tmp.join("etc").join(f);
-                std::fs::File::create(&f)?;
-                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644))?;
-            }
-            std::fs::rename(&tmp, &dir)
-        })();
-        if let Err(e) = made {
-            let _ = std::fs::remove_dir_all(&tmp);
-            // Another process put it in place first.
-            if !dir.is_dir() {
-                return Err(e).with_context(|| format!("cannot make {}", dir.display()));
-            }
-        }
-        Ok(dir)
     }
 
     /// The OCI bundle container `id` runs from (see the module docs).

@@ -174,8 +174,9 @@ fn memory_limit_kills_a_hog_with_137() {
 #[test]
 fn a_container_that_writes_nothing_leaves_its_writable_layer_empty() {
     // /etc/hosts, /etc/hostname and /etc/resolv.conf, which images do not
-    // carry, come from the init layer, not from files made in the upper
-    // directory; the image's own /etc is still there.
+    // carry, come from the container's etc layer, not from files made in
+    // the upper directory; the image's own /etc is still there. Written
+    // to, they are copied up like any file.
     let s = Skiff::new();
     let img = s.load_busybox();
     let out = s.ok(&["run", "--name", "quiet", img, "ls", "/etc"]);
@@ -190,6 +191,15 @@ fn a_container_that_writes_nothing_leaves_its_writable_layer_empty() {
     let upper = containers[0].path().join("upper");
     let written: Vec<_> = std::fs::read_dir(&upper).unwrap().flatten().collect();
     assert!(written.is_empty(), "{written:?}");
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        img,
+        "sh",
+        "-c",
+        "echo search example.org >> /etc/resolv.conf && tail -1 /etc/resolv.conf && stat -c %a /etc /etc/hostname",
+    ]);
+    assert_eq!(out, "search example.org\n755\n644\n");
     // The bundles (the container's environment, its mounted rootfs with
     // the image's setuid files) are root's alone, as the data directory is.
     use std::os::unix::fs::PermissionsExt;
