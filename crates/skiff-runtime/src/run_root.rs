@@ -1,6 +1,6 @@
 //! `/run/skiff`: what lives only as long as the kernel (bundles, the OCI
 //! runtime's state, network namespaces, address leases, the runtime's
-//! sealed copy), kept on a tmpfs.
+//! read-only mount), kept on a tmpfs.
 //!
 //! /run is a tmpfs on a usual Linux host, and then so is `/run/skiff`.
 //! Where it is not (a VM whose init leaves /run on the root filesystem),

@@ -245,10 +245,9 @@ pub fn prepare(
         };
         let spec = skiff_runtime::spec::build_spec(&cfg, &rootfs)?;
         runtime.write_config(&bundle, &spec)?;
-        // Before the runtime's first command, with time to spare: its
-        // sealed copy, and the host's cgroups as it needs them (the
-        // monitor checks again before starting it, by then cheaply).
-        runtime.seal();
+        // Before the runtime's first command, with time to spare: the
+        // host's cgroups as it needs them (the monitor checks again before
+        // starting it, by then cheaply).
         skiff_runtime::cgroups::prepare_host(runtime.name())?;
         Ok(spec
             .process()

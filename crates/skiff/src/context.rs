@@ -20,9 +20,9 @@
 //!   netns/<id>         the container's network namespace (a bind mount)
 //!   runtime/<name>/    the OCI runtime's own state (--root)
 //! /run/skiff/ipam/       address leases on skiff0, shared by all roots
-//! /run/skiff/sealed/<fd>/<runtime>
-//!                      links to the runtime's sealed copy, exec'd through
-//!                      them under its own name (see skiff-runtime's oci.rs)
+//! /run/skiff/sealed/<key>/<runtime>
+//!                      a read-only bind mount of the runtime's binary,
+//!                      which it runs from (see skiff-runtime's oci.rs)
 //! ```
 //!
 //! What only lives as long as the kernel does (namespaces, the runtime's

@@ -17,7 +17,6 @@
 //! left), and a start saves the exec of a monitor process and its opening
 //! of the database, about 2.5 ms of a 16 ms cold start.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -182,16 +181,13 @@ fn start(
     // A foreground `--rm` container keeps no log: its output goes straight
     // to the terminal, with no copy in between.
     let keep_log = !(opts.foreground && record.auto_remove);
-    let argv: Vec<&OsStr> = std::iter::once(runtime.binary().as_os_str())
-        .chain(cmd.get_args())
-        .collect();
     tracing::debug!("starting the runtime");
     // The forwarding mask must not reach the runtime or the container:
     // the child starts with none (see spawn). A monitor that forwards no
     // signals (the daemon's) puts the runtime in a process group of its own.
     let mut child = spawn::spawn(
-        Path::new(cmd.get_program()),
-        &argv,
+        &cmd,
+        runtime.binary().as_os_str(),
         spawn::Stdio {
             inherit_stdin: opts.interactive,
             capture_output: keep_log,
