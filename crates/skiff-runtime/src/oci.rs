@@ -194,7 +194,7 @@ impl OciRuntime {
             }
         }
         let path = bundle.join("config.json");
-        let json = serde_json::to_vec_pretty(&*spec).map_err(io::Error::other);
+        let json = serde_json::to_vec(&*spec).map_err(io::Error::other);
         json.and_then(|j| std::fs::write(&path, j))
             .map_err(|source| OciError::WriteConfig { path, source })
     }
