@@ -118,9 +118,27 @@ impl Network {
     /// Creates the namespace `netns_dir/<id>` with `lo` up and `eth0` on
     /// the bridge holding a fresh address. On failure nothing is left.
     pub fn setup(&self, id: &str, netns_dir: &Path) -> Result<Attachment, NetworkError> {
+        let ns = Namespace::make().map_err(|source| NetworkError::Netns {
+            path: Self::netns_path(id, netns_dir),
+            source,
+        })?;
+        self.setup_in(id, netns_dir, ns)
+    }
+
+    /// [`Self::setup`] in a namespace made ahead (see [`Namespace`]).
+    pub fn setup_in(
+        &self,
+        id: &str,
+        netns_dir: &Path,
+        ns: Namespace,
+    ) -> Result<Attachment, NetworkError> {
         crate::run_root::ensure();
         let netns_path = Self::netns_path(id, netns_dir);
-        let (ns_fd, ns_nl) = create_netns(&netns_path)?;
+        pin_netns(&netns_path, &ns)?;
+        let Namespace {
+            fd: ns_fd,
+            nl: ns_nl,
+        } = ns;
         let ip = match self.allocate(&netns_path) {
             Ok(ip) => ip,
             Err(e) => {
@@ -415,11 +433,47 @@ fn ensure_bridge(nl: &mut Netlink) -> Result<u32, NetworkError> {
     Ok(index)
 }
 
-/// Creates a persistent network namespace at `path`, as `ip netns add`
-/// does: a helper thread unshares its network namespace and bind-mounts it
-/// onto `path`. Returns a descriptor of the namespace and a netlink socket
-/// inside it, with `lo` already up.
-fn create_netns(path: &Path) -> Result<(OwnedFd, Netlink), NetworkError> {
+/// A new network namespace with `lo` up, not yet pinned to a path: held
+/// only by this value, it goes when the value does (a process that dies
+/// leaves none behind). Make it ahead of its container with
+/// [`Namespace::make`], on a thread of its own, while other work goes on;
+/// [`Network::setup_in`] pins it.
+pub struct Namespace {
+    fd: OwnedFd,
+    /// A netlink socket inside it.
+    nl: Netlink,
+}
+
+impl Namespace {
+    /// Unshares the calling thread's network namespace: call it on a
+    /// thread that ends after (the thread stays in the namespace), as
+    /// [`Namespace::spawn`] does.
+    fn unshare() -> io::Result<Namespace> {
+        unshare(CloneFlags::CLONE_NEWNET)?;
+        let fd = File::open("/proc/thread-self/ns/net")?.into();
+        let mut nl = Netlink::open()?;
+        // A new namespace has only `lo`, always index 1.
+        nl.set_up(1)?;
+        Ok(Namespace { fd, nl })
+    }
+
+    /// Makes a namespace on a throwaway thread (unshare(CLONE_NEWNET)
+    /// moves only the calling thread); join the handle for it.
+    pub fn spawn() -> io::Result<std::thread::JoinHandle<io::Result<Namespace>>> {
+        std::thread::Builder::new().spawn(Namespace::unshare)
+    }
+
+    /// [`Namespace::spawn`], waited for.
+    fn make() -> io::Result<Namespace> {
+        Namespace::spawn()?
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")))
+    }
+}
+
+/// Pins `ns` at `path`, as `ip netns add` does (a bind mount of the
+/// namespace onto an empty file), so that it outlives this process.
+fn pin_netns(path: &Path, ns: &Namespace) -> Result<(), NetworkError> {
     let err = |source: io::Error| NetworkError::Netns {
         path: path.to_path_buf(),
         source,
@@ -439,35 +493,17 @@ fn create_netns(path: &Path) -> Result<(OwnedFd, Netlink), NetworkError> {
         }
         Err(e) => return Err(err(e)),
     }
-    let target = path.to_path_buf();
-    // unshare(CLONE_NEWNET) moves only the calling thread, so a throwaway
-    // thread keeps the caller's threads in their namespace.
-    let made = std::thread::Builder::new()
-        .spawn(move || -> io::Result<(OwnedFd, Netlink)> {
-            unshare(CloneFlags::CLONE_NEWNET)?;
-            let ns = File::open("/proc/thread-self/ns/net")?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
-            let mut nl = Netlink::open()?;
-            // A new namespace has only `lo`, always index 1.
-            nl.set_up(1)?;
-            Ok((ns.into(), nl))
-        })
-        // No thread to start is an error like any other: the caller undoes
-        // what was made (a panic here would skip that).
-        .map(|t| {
-            t.join()
-                .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")))
-        })
-        .unwrap_or_else(Err);
-    made.map_err(|e| {
+    let source = format!("/proc/self/fd/{}", ns.fd.as_raw_fd());
+    mount(
+        Some(source.as_str()),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| {
         let _ = remove_netns(path);
-        err(e)
+        err(e.into())
     })
 }
 

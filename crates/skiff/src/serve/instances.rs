@@ -954,6 +954,8 @@ impl Bundle {
 /// The blocking first half of a start: record and bundle.
 fn prepare_instance(root: &Path, rev: &Revision) -> Result<Bundle> {
     let t0 = Instant::now();
+    // Made meanwhile, as `skiff run` does (see `container::run`).
+    let namespace = skiff_runtime::Namespace::spawn().ok();
     let ctx = Context::new(root.to_path_buf());
     let spec = &rev.spec;
     let image = crate::images::resolve_or_pull(&ctx, &spec.image)?;
@@ -1025,10 +1027,10 @@ fn prepare_instance(root: &Path, rev: &Revision) -> Result<Bundle> {
         memory,
         cpus: spec.cpus_milli,
         pids_limit: None,
+        namespace,
     };
     let recorded = t0.elapsed();
-    let prepared =
-        prepare(&ctx, &record, &runtime, &image, &opts, env, Vec::new()).map_err(undo)?;
+    let prepared = prepare(&ctx, &record, &runtime, &image, opts, env, Vec::new()).map_err(undo)?;
     let bundled = t0.elapsed();
     let ip = prepared
         .ip
