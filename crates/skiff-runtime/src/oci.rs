@@ -447,9 +447,9 @@ fn runtime_log_message(line: &str) -> String {
     line.to_string()
 }
 
-/// Where the runtime runs from: `/run/skiff/sealed/KEY/NAME`, a read-only
+/// Where the runtime runs from: `/run/skiff/runtimes/KEY/NAME`, a read-only
 /// bind mount of `binary` made once per boot and binary (KEY hashes its
-/// path, device, inode, size and times, so an upgraded binary gets a mount
+/// path, device, inode, size and mtime, so an upgraded binary gets a mount
 /// of its own, which a running daemon finds at its next command). `None`
 /// for a script, or when the mount cannot be made: the binary then runs
 /// as it is.
@@ -476,34 +476,34 @@ fn sealed(binary: &Path, name: &str) -> Option<PathBuf> {
 }
 
 fn read_only_mount(binary: &Path, name: &str) -> io::Result<PathBuf> {
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    // The binary is opened once: what is checked, keyed and mounted is
+    // that file, whatever replaces the path meanwhile.
+    let mut file = std::fs::File::open(binary)?;
     // A script (a wrapper around a runtime) reads its interpreter's idea of
     // its own path; only binaries are mounted.
     let mut magic = [0u8; 4];
-    io::Read::read_exact(&mut std::fs::File::open(binary)?, &mut magic)?;
+    io::Read::read_exact(&mut file, &mut magic)?;
     if &magic != b"\x7fELF" {
         return Err(io::Error::other("not an ELF binary"));
     }
-    let md = std::fs::metadata(binary)?;
+    let md = file.metadata()?;
     let key = skiff_core::Digest::of(
         format!(
-            "{}\0{}:{}:{}:{}.{}:{}.{}",
+            "{}\0{}:{}:{}:{}.{}",
             binary.display(),
             md.dev(),
             md.ino(),
             md.size(),
             md.mtime(),
             md.mtime_nsec(),
-            md.ctime(),
-            md.ctime_nsec()
         )
         .as_bytes(),
     );
     crate::run_root::ensure();
-    let sealed = Path::new(SEALED_DIR);
-    let dir = sealed.join(key.short());
+    let mounts = Path::new(RUNTIME_MOUNTS);
+    let dir = mounts.join(key.short());
     let target = dir.join(name);
     // Root execs from here: every directory on the way must be root's and
     // writable by no other (as Skiff makes them).
@@ -516,7 +516,7 @@ fn read_only_mount(binary: &Path, name: &str) -> io::Result<PathBuf> {
         std::fs::symlink_metadata(p)
             .is_ok_and(|m| m.is_dir() && m.uid() == euid && m.mode() & 0o022 == 0)
     };
-    // sealed/KEY, sealed and /run/skiff.
+    // runtimes/KEY, runtimes and /run/skiff.
     if !dir.ancestors().take(3).all(safe) {
         return Err(io::Error::other(format!(
             "{} is not root's alone",
@@ -524,7 +524,7 @@ fn read_only_mount(binary: &Path, name: &str) -> io::Result<PathBuf> {
         )));
     }
     let mounted = || {
-        let here = std::fs::metadata(&target);
+        let here = std::fs::symlink_metadata(&target);
         here.is_ok_and(|m| m.dev() == md.dev() && m.ino() == md.ino())
             && nix::sys::statvfs::statvfs(&target)
                 .is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
@@ -533,7 +533,7 @@ fn read_only_mount(binary: &Path, name: &str) -> io::Result<PathBuf> {
         return Ok(target);
     }
     // One maker at a time; a process that waited finds the mount made.
-    let lock = std::fs::File::open(sealed)?;
+    let lock = std::fs::File::open(mounts)?;
     // SAFETY: flock on a descriptor we own; released when `lock` drops.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(io::Error::last_os_error());
@@ -541,46 +541,98 @@ fn read_only_mount(binary: &Path, name: &str) -> io::Result<PathBuf> {
     if mounted() {
         return Ok(target);
     }
-    // Whatever is there is not a good mount: a file left by a failed
-    // attempt, a read-write mount (never made by Skiff), or the link of an
-    // older Skiff.
-    let _ = umount2(&target, MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_file(&target);
-    std::fs::OpenOptions::new()
+    // Nothing good is there: at most the empty file of a failed attempt.
+    // A mount point in this namespace refuses the unlink (EBUSY), and the
+    // mount over it must be replaced by hand.
+    match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o500)
-        .open(&target)?;
-    let ro = (|| {
-        mount(
-            Some(binary),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )?;
-        // A bind mount takes its read-only flag only from a remount.
-        mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-            None::<&str>,
+        .open(&target)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            if std::fs::symlink_metadata(&target)?.len() != 0 {
+                return Err(io::Error::other(format!(
+                    "{} is in the way",
+                    target.display()
+                )));
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    // A detached copy of a mount of the opened file, made read-only before
+    // it is attached (open_tree, mount_setattr, move_mount): never seen
+    // writable, here or in a namespace it propagates to.
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let empty = c"";
+    // SAFETY: open_tree on our open descriptor with an empty path; a
+    // descriptor it returns is ours to own.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            file.as_raw_fd(),
+            empty.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint,
         )
-    })();
-    if let Err(e) = ro {
-        let _ = umount2(&target, MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(&target);
-        return Err(e.into());
+    };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor from open_tree.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let target_c =
+        std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: mount_setattr and move_mount on the detached tree we own,
+    // with a valid attribute struct and NUL-terminated paths.
+    let made = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) == 0
+            && libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                target_c.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ) == 0
+    };
+    if !made {
+        return Err(io::Error::last_os_error());
     }
     if !mounted() {
+        let _ = nix::mount::umount2(
+            &target,
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        );
         return Err(io::Error::other("the mount does not show as read-only"));
     }
     Ok(target)
 }
 
 /// See [`sealed`].
-const SEALED_DIR: &str = "/run/skiff/sealed";
+const RUNTIME_MOUNTS: &str = "/run/skiff/runtimes";
 /// Tells crun and runc 1.1 that they run from a read-only mount of
 /// themselves (see [`sealed`]).
 const CLONED_BINARY_ENV: &str = "_LIBCONTAINER_CLONED_BINARY";
@@ -629,7 +681,7 @@ mod tests {
         let mounted = PathBuf::from(cmd.get_program());
         // Under its own name, with the variable that tells it so.
         assert_eq!(mounted.file_name().unwrap(), "crun", "{mounted:?}");
-        assert!(mounted.starts_with(SEALED_DIR), "{mounted:?}");
+        assert!(mounted.starts_with(RUNTIME_MOUNTS), "{mounted:?}");
         assert!(cmd
             .get_envs()
             .any(|(k, v)| k == CLONED_BINARY_ENV && v == Some(OsStr::new("1"))));

@@ -31,14 +31,13 @@ pub const RUN_ROOT: &str = "/run/skiff";
 pub fn ensure() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        if let Err(e) = mount_tmpfs() {
+        if let Err(e) = mount_tmpfs(Path::new(RUN_ROOT)) {
             tracing::debug!("{RUN_ROOT} is not on a tmpfs and stays so: {e}");
         }
     });
 }
 
-fn mount_tmpfs() -> io::Result<()> {
-    let root = Path::new(RUN_ROOT);
+fn mount_tmpfs(root: &Path) -> io::Result<()> {
     if on_tmpfs(root)? {
         return Ok(());
     }
@@ -55,13 +54,13 @@ fn mount_tmpfs() -> io::Result<()> {
         return Ok(());
     }
     // A container started before (by a Skiff that did not mount) has its
-    // rootfs and network namespace mounted below: hiding them under a new
-    // tmpfs would strand it. Without mounts, what is there is files of a
-    // past boot.
+    // rootfs and network namespace mounted below, and its runtime's state
+    // there: hiding them under a new tmpfs would strand it. Without either,
+    // what is there is files of a past boot, or of containers gone.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    if mounts_below(&mounts, RUN_ROOT) {
+    if mounts_below(&mounts, root) || runtime_state_below(root) {
         return Err(io::Error::other(
-            "mounts below it belong to running containers",
+            "containers started before it was needed are still there",
         ));
     }
     mount(
@@ -72,8 +71,18 @@ fn mount_tmpfs() -> io::Result<()> {
         // Debian's own size for /run.
         Some("mode=0755,size=10%"),
     )?;
-    tracing::debug!("mounted a tmpfs on {RUN_ROOT}");
+    tracing::debug!("mounted a tmpfs on {}", root.display());
     Ok(())
+}
+
+/// Whether an OCI runtime keeps the state of a container under `root`
+/// (`<root>/<hash>/runtime/<runtime>/<id>`).
+fn runtime_state_below(root: &Path) -> bool {
+    let entries = |p: &Path| std::fs::read_dir(p).into_iter().flatten().flatten();
+    entries(root).any(|hash| {
+        entries(&hash.path().join("runtime"))
+            .any(|rt| rt.path().is_dir() && entries(&rt.path()).next().is_some())
+    })
 }
 
 /// Whether `path`, or the directory it would be made in, is on a tmpfs.
@@ -88,14 +97,19 @@ fn on_tmpfs(path: &Path) -> io::Result<bool> {
     Ok(false)
 }
 
-/// Whether mountinfo lists a mount at or below `dir`.
-fn mounts_below(mountinfo: &str, dir: &str) -> bool {
+/// Whether mountinfo lists a mount at or below `dir`, but for Skiff's
+/// read-only mounts of runtime binaries (see oci.rs), which hide safely:
+/// nothing looks them up again, and a runtime running from one keeps it.
+fn mounts_below(mountinfo: &str, dir: &Path) -> bool {
+    let dir = dir.to_string_lossy();
+    let runtimes = format!("{dir}/runtimes/");
     mountinfo.lines().any(|line| {
         line.split_whitespace().nth(4).is_some_and(|mp| {
-            mp == dir
+            (mp == dir
                 || mp
-                    .strip_prefix(dir)
-                    .is_some_and(|rest| rest.starts_with('/'))
+                    .strip_prefix(&*dir)
+                    .is_some_and(|rest| rest.starts_with('/')))
+                && !mp.starts_with(&runtimes)
         })
     })
 }
@@ -109,14 +123,43 @@ mod tests {
         let info = "\
 22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
 40 22 0:40 / /run/skiffy rw - tmpfs tmpfs rw
+42 22 254:0 /usr/bin/crun /run/skiff/runtimes/ab/crun ro - ext4 /dev/vda rw
 41 22 0:41 / /run/skiff/ab/netns/x rw - nsfs nsfs rw
 ";
-        assert!(mounts_below(info, "/run/skiff"));
-        assert!(!mounts_below(info, "/run/skif"));
-        assert!(!mounts_below(
-            &info.lines().take(2).collect::<Vec<_>>().join("\n"),
-            "/run/skiff"
-        ));
-        assert!(mounts_below(info, "/run/skiffy"));
+        let d = |p: &str| Path::new(p).to_path_buf();
+        assert!(mounts_below(info, &d("/run/skiff")));
+        assert!(!mounts_below(info, &d("/run/skif")));
+        // A runtime's read-only mount alone does not hold it back.
+        let three: String = info.lines().take(3).map(|l| format!("{l}\n")).collect();
+        assert!(!mounts_below(&three, &d("/run/skiff")));
+        assert!(mounts_below(info, &d("/run/skiffy")));
+    }
+
+    /// On a directory of a disk filesystem: one tmpfs, however often
+    /// asked, and none over a runtime's live state. (Needs root.)
+    #[test]
+    fn a_tmpfs_goes_on_once_and_never_over_live_state() {
+        let base = tempfile::tempdir_in("/var/tmp").unwrap();
+        assert!(
+            !on_tmpfs(base.path()).unwrap(),
+            "this test needs /var/tmp on a disk filesystem"
+        );
+        let root = base.path().join("run");
+        let live = root.join("0123456789ab/runtime/crun/c1");
+        std::fs::create_dir_all(&live).unwrap();
+        assert!(mount_tmpfs(&root).is_err(), "mounted over live state");
+        assert!(!on_tmpfs(&root).unwrap());
+        std::fs::remove_dir(&live).unwrap();
+        mount_tmpfs(&root).unwrap();
+        assert!(on_tmpfs(&root).unwrap());
+        mount_tmpfs(&root).unwrap();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root_str = root.to_string_lossy();
+        let count = info
+            .lines()
+            .filter(|l| l.split_whitespace().nth(4) == Some(&*root_str))
+            .count();
+        nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        assert_eq!(count, 1, "stacked tmpfs mounts");
     }
 }

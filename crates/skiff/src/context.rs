@@ -16,11 +16,12 @@
 //! /run/skiff/<hash of $SKIFF_ROOT>/
 //!   containers/<id>/   the bundle: config.json, rootfs (the overlay's mount
 //!                      point), etc-layer (its top lower layer: /etc with
-//!                      hostname, resolv.conf), pid, runtime.log
+//!                      hostname, resolv.conf and an empty hosts for the
+//!                      bind mount), pid, runtime.log
 //!   netns/<id>         the container's network namespace (a bind mount)
 //!   runtime/<name>/    the OCI runtime's own state (--root)
 //! /run/skiff/ipam/       address leases on skiff0, shared by all roots
-//! /run/skiff/sealed/<key>/<runtime>
+//! /run/skiff/runtimes/<key>/<runtime>
 //!                      a read-only bind mount of the runtime's binary,
 //!                      which it runs from (see skiff-runtime's oci.rs)
 //! ```

@@ -133,6 +133,21 @@ fn signals_to_default() -> SigSet {
     }
 }
 
+/// A process dropped unreaped (an error path after the spawn) is reaped
+/// on a thread of its own, so no zombie stays in a long-lived daemon.
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let pid = self.pid;
+            // SAFETY: waitpid on our own child, into a local.
+            std::thread::spawn(move || unsafe {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0)
+            });
+        }
+    }
+}
+
 impl Spawned {
     pub fn id(&self) -> i32 {
         self.pid
