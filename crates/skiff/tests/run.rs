@@ -453,6 +453,16 @@ fn stdin_volumes_limits_networks_and_runtimes() {
         "{status}"
     );
     assert!(status.contains("CapBnd:\t00000000a80425fb"), "{status}");
+    // The filter is Docker's, whether crun got its rules or only the
+    // compiled program: a new user namespace is refused, an allowed call
+    // is not.
+    let filtered = s.run(&["run", "--rm", img, "unshare", "-U", "true"]);
+    assert_ne!(filtered.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&filtered.stderr).contains("Operation not permitted"),
+        "{filtered:?}"
+    );
+    assert_eq!(s.ok(&["run", "--rm", img, "true"]), "");
 
     // runc can be selected instead of crun.
     common::require("runc", "runc");
