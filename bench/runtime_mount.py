@@ -1,5 +1,5 @@
 """The OCI runtime as Skiff runs it: from a read-only bind mount of its
-binary, with _LIBCONTAINER_CLONED_BINARY=1 (see `sealed` in
+binary, with _LIBCONTAINER_CLONED_BINARY=1 (see `read_only_mount` in
 crates/skiff-runtime/src/oci.rs), which crun takes as already safe and so
 skips the self-copy and re-exec it otherwise makes at every start.
 bench/start and bench/serving time a floor run this way too."""

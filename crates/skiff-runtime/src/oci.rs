@@ -199,20 +199,25 @@ impl OciRuntime {
             .map_err(|source| OciError::WriteConfig { path, source })
     }
 
-    /// The read-only mount, for the runtimes known to look for one (crun,
-    /// and runc 1.1): another runtime may find its own files through
-    /// `/proc/self/exe`, and has nothing to gain.
-    fn sealed(&self) -> Option<PathBuf> {
-        matches!(self.name.as_str(), "crun" | "runc")
-            .then(|| sealed(&self.binary, &self.name))
-            .flatten()
+    /// The read-only mount (see [`read_only_mount`]), for the runtimes
+    /// known to look for one (crun, and runc 1.1): another runtime may find
+    /// its own files through `/proc/self/exe`, and has nothing to gain.
+    /// `None` also when the mount cannot be made: the binary then runs as
+    /// it is.
+    fn mounted_binary(&self) -> Option<PathBuf> {
+        if !matches!(self.name.as_str(), "crun" | "runc") {
+            return None;
+        }
+        read_only_mount(&self.binary, &self.name)
+            .map_err(|e| tracing::debug!("{} runs as it is: {e}", self.binary.display()))
+            .ok()
     }
 
     /// The binary with the global options; every command starts here.
     /// It runs from a read-only mount of itself when one can be made (see
-    /// [`sealed`]), under its own name.
+    /// [`read_only_mount`]), under its own name.
     pub fn command(&self) -> Command {
-        let mut cmd = match self.sealed() {
+        let mut cmd = match self.mounted_binary() {
             Some(copy) => {
                 let mut cmd = Command::new(copy);
                 cmd.arg0(&self.binary).env(CLONED_BINARY_ENV, "1");
@@ -450,9 +455,8 @@ fn runtime_log_message(line: &str) -> String {
 /// Where the runtime runs from: `/run/skiff/runtimes/KEY/NAME`, a read-only
 /// bind mount of `binary` made once per boot and binary (KEY hashes its
 /// path, device, inode, size and mtime, so an upgraded binary gets a mount
-/// of its own, which a running daemon finds at its next command). `None`
-/// for a script, or when the mount cannot be made: the binary then runs
-/// as it is.
+/// of its own, which a running daemon finds at its next command). A
+/// script is refused: it has no binary of its own to protect.
 ///
 /// crun (and runc 1.1) guard their binary against a container that would
 /// overwrite it through `/proc/PID/exe` (CVE-2019-5736) by re-executing
@@ -469,12 +473,6 @@ fn runtime_log_message(line: &str) -> String {
 /// memfd cannot be kept this way: the kernel refuses to bind-mount it.)
 /// A mount of an older version stays until reboot: a process may be
 /// about to run from it.
-fn sealed(binary: &Path, name: &str) -> Option<PathBuf> {
-    read_only_mount(binary, name)
-        .map_err(|e| tracing::debug!("{} runs as it is: {e}", binary.display()))
-        .ok()
-}
-
 fn read_only_mount(binary: &Path, name: &str) -> io::Result<PathBuf> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -631,10 +629,10 @@ fn read_only_mount(binary: &Path, name: &str) -> io::Result<PathBuf> {
     Ok(target)
 }
 
-/// See [`sealed`].
+/// See [`read_only_mount`].
 const RUNTIME_MOUNTS: &str = "/run/skiff/runtimes";
 /// Tells crun and runc 1.1 that they run from a read-only mount of
-/// themselves (see [`sealed`]).
+/// themselves (see [`read_only_mount`]).
 const CLONED_BINARY_ENV: &str = "_LIBCONTAINER_CLONED_BINARY";
 
 fn is_executable(p: &Path) -> bool {
