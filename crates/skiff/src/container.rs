@@ -352,18 +352,18 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
     if let Err(e) = runtime.delete(id, true) {
         tracing::debug!(id, "runtime delete: {e}");
     }
-    let (dir, bundle) = (ctx.container_dir(id), ctx.bundle_dir(id));
+    let (dir, bundle, trash) = (ctx.container_dir(id), ctx.bundle_dir(id), ctx.trash_dir());
     // Never delete through a rootfs still mounted: its directories and
     // the record stay, for a later release to finish.
     let remove = remove && unmount_rootfs(ctx, id);
     std::thread::scope(|s| {
-        // The directory on disk (upper and work: 0.7 ms here) goes on a
-        // second thread while the network and the cgroup are released on
+        // The directory on disk (upper and work: 0.7 ms here, unless
+        // only a skeleton for the trash is left) goes on a second thread while the network and the cgroup are released on
         // this one (or after them, should no thread start), unless the
         // monitor removed it already (see `release_held`).
         let removing = (remove && dir.exists()).then(|| {
             std::thread::Builder::new()
-                .spawn_scoped(s, || remove_dir(id, &dir))
+                .spawn_scoped(s, || crate::trash::discard(id, &dir, &trash))
                 .ok()
         });
         if let Err(e) = Network::new().teardown_by_id(id, &ctx.netns_dir()) {
@@ -376,7 +376,7 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
                 Some(removing) => {
                     let _ = removing.join();
                 }
-                None => remove_dir(id, &dir),
+                None => crate::trash::discard(id, &dir, &trash),
             }
         }
     });
@@ -400,7 +400,7 @@ pub fn release_held(ctx: &Context, id: &str, remove: bool) {
         tracing::warn!(id, "network teardown: {e}");
     }
     if remove && unmounted {
-        remove_dir(id, &ctx.container_dir(id));
+        crate::trash::discard(id, &ctx.container_dir(id), &ctx.trash_dir());
     }
 }
 
@@ -421,7 +421,7 @@ fn unmount_rootfs(ctx: &Context, id: &str) -> bool {
     unmounted
 }
 
-fn remove_dir(id: &str, dir: &Path) {
+pub fn remove_dir(id: &str, dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(id, "remove {}: {e}", dir.display());

@@ -7,6 +7,9 @@
 //!                      writable layer), hosts (hostname and resolv.conf
 //!                      too, under an image whose /etc is not plain),
 //!                      container.log
+//!   trash/<id>/        what is left of a removed container that wrote
+//!                      nothing (empty upper and work directories), until
+//!                      the next container start removes it (see trash.rs)
 //!   logs/<service>/    service instances' output, which outlives them:
 //!                      <instance>.log (and .log.1, rotated)
 //!   state.db           SQLite: containers, services, revisions, traffic
@@ -112,6 +115,11 @@ impl Context {
     /// directories, the /etc files it may write to, and its log.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)
+    }
+
+    /// Where a removed container's empty directories wait (see `trash`).
+    pub fn trash_dir(&self) -> PathBuf {
+        self.root.join("trash")
     }
 
     /// The OCI bundle container `id` runs from (see the module docs).

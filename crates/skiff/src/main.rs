@@ -12,6 +12,7 @@ mod progress;
 mod proxy;
 mod serve;
 mod spawn;
+mod trash;
 
 use std::process::ExitCode;
 

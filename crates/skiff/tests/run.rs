@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{free_port, http_get, images, Skiff};
+use common::{free_port, http_get, images, walk, Skiff};
 
 #[test]
 fn run_echo_and_exit_codes() {
@@ -206,6 +206,42 @@ fn a_container_that_writes_nothing_leaves_its_writable_layer_empty() {
     let bundles = std::fs::metadata(s.run_dir().join("containers")).unwrap();
     assert_eq!(bundles.permissions().mode() & 0o077, 0, "{bundles:?}");
     s.ok(&["rm", "quiet"]);
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
+fn what_a_removed_container_wrote_goes_at_once_its_empty_directories_at_the_next_start() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    // Wrote nothing: the directory is moved to the trash, its files gone.
+    s.ok(&["run", "--rm", img, "true"]);
+    let first = s.trash();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let skeleton = walk(&s.root.path().join("trash").join(&first[0]));
+    assert!(
+        skeleton.iter().any(|p| p.ends_with("upper")),
+        "{skeleton:?}"
+    );
+    for p in &skeleton {
+        let m = p.symlink_metadata().unwrap();
+        assert!(m.is_dir() || m.len() == 0, "{} holds data", p.display());
+    }
+    // Wrote something: removed at once, data and all. Its start emptied
+    // the trash meanwhile.
+    s.ok(&["run", "--rm", img, "sh", "-c", "echo data > /data"]);
+    assert_eq!(s.trash(), Vec::<String>::new());
+    // So does `rm` of a container that wrote to a file the image has.
+    s.ok(&[
+        "run",
+        "--name",
+        "w",
+        img,
+        "sh",
+        "-c",
+        "echo x >> /etc/passwd",
+    ]);
+    s.ok(&["rm", "w"]);
+    assert_eq!(s.trash(), Vec::<String>::new());
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 }
 

@@ -109,7 +109,9 @@ impl Skiff {
         "localhost/demo:latest"
     }
 
-    /// What this root holds that must go when its containers go.
+    /// What this root holds that must go when its containers go. The
+    /// trash may keep empty directories (and the overlay's empty `dirty`
+    /// file) until the next start, never data.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
         let root = self.root.path().to_string_lossy().into_owned();
@@ -128,7 +130,27 @@ impl Skiff {
                 found.extend(rd.flatten().map(|e| e.path().display().to_string()));
             }
         }
+        found.extend(
+            walk(&self.root.path().join("trash"))
+                .into_iter()
+                .filter(|p| {
+                    p.symlink_metadata()
+                        .is_ok_and(|m| !m.is_dir() && m.len() > 0)
+                })
+                .map(|p| format!("data in the trash: {}", p.display())),
+        );
         found
+    }
+
+    /// The entries of the trash (see trash.rs), by container id.
+    pub fn trash(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.path().join("trash"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Where this root keeps what lives only as long as the kernel: the
@@ -212,6 +234,21 @@ pub fn images() -> &'static Images {
             dir,
         }
     })
+}
+
+/// Every path under `dir`, depth first; none if it does not exist.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
 }
 
 pub fn free_port() -> u16 {
