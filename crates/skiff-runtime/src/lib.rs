@@ -26,7 +26,7 @@ pub mod spec;
 mod netlink;
 
 pub use cgroups::{CgroupError, CgroupMode};
-pub use network::{Attachment, Namespace, Network, NetworkError};
+pub use network::{Attachment, Namespace, NamespaceMaker, Network, NetworkError};
 pub use oci::{ContainerState, ContainerStatus, OciError, OciRuntime};
 pub use rootfs::RootfsError;
 pub use spec::{

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use skiff_core::validate_container_name;
 use skiff_image::store::Image;
-use skiff_runtime::network::{Namespace, Network};
+use skiff_runtime::network::{Namespace, NamespaceMaker, Network};
 use skiff_runtime::oci::OciRuntime;
 use skiff_runtime::spec::{BindMount, EtcFiles, NetworkConfig, RunConfig};
 use skiff_state::{ContainerRecord, Status};
@@ -273,10 +273,7 @@ pub fn prepare(
             let laid_out = std::thread::Builder::new().spawn_scoped(s, lay_out);
             let t0 = std::time::Instant::now();
             let network = Network::new();
-            let made = args.namespace.take().map(|m| {
-                m.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
-            });
+            let made = args.namespace.take().map(NamespaceMaker::join);
             let attached = match made {
                 Some(Ok(ns)) => network.setup_in(&record.id, &netns_dir, ns),
                 // Made here instead (a failure, the same again, says why).
@@ -336,9 +333,6 @@ fn etc_is_plain(layers: &[PathBuf]) -> bool {
         .find_map(|l| std::fs::symlink_metadata(l.join("etc")).ok())
         .is_none_or(|m| m.is_dir() && m.uid() == 0 && m.gid() == 0 && m.mode() & 0o7777 == 0o755)
 }
-
-/// A network namespace being made ahead of `prepare` (see `run`).
-pub type NamespaceMaker = std::thread::JoinHandle<std::io::Result<Namespace>>;
 
 pub fn cgroup_path(id: &str) -> String {
     format!("/skiff/{id}")
