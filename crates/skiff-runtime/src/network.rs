@@ -452,6 +452,20 @@ impl Namespace {
     /// [`Namespace::spawn`] does.
     fn unshare() -> io::Result<Namespace> {
         unshare(CloneFlags::CLONE_NEWNET)?;
+        // The container network is IPv4 only, and so is the container's
+        // interface, as Docker (26 and later) leaves one on an IPv4-only
+        // network. With IPv6 on, the kernel gives eth0 a link-local
+        // address as it comes up, checks it for duplicates and announces
+        // it over the bridge to every container (0.75 ms of `skiff run
+        // --rm IMG true` here, bench/ab-start), and containers could
+        // reach the host's services bound to `::` over it. Set for the
+        // interfaces made from now on: `lo` keeps ::1. A kernel without
+        // IPv6 has no such file, and nothing to turn off.
+        match std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1") {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::debug!("cannot turn IPv6 off for the container's interface: {e}"),
+        }
         let fd = File::open("/proc/thread-self/ns/net")?.into();
         let mut nl = Netlink::open()?;
         // A new namespace has only `lo`, always index 1.

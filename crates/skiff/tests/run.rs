@@ -466,6 +466,20 @@ fn stdin_volumes_limits_networks_and_runtimes() {
         bridge.contains("eth0") && bridge.contains("10.89."),
         "{bridge}"
     );
+    // An IPv4 network: no IPv6 on eth0 (no link-local address to reach
+    // the host by), ::1 still on lo.
+    let v6 = s.ok(&[
+        "run",
+        "--rm",
+        img,
+        "sh",
+        "-c",
+        "cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6; ip -6 addr",
+    ]);
+    assert!(
+        v6.starts_with("1\n") && v6.contains("::1/128") && !v6.contains("fe80:"),
+        "{v6}"
+    );
     let none = s.ok(&["run", "--rm", "--network", "none", img, "ip", "-4", "addr"]);
     assert!(
         !none.contains("eth0") && none.contains("127.0.0.1"),
