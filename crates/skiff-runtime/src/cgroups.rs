@@ -75,55 +75,112 @@ pub fn mode() -> CgroupMode {
 /// (systemd can set it too), at a small cost to fork and exit, so the
 /// cgroup2 mount is remounted with it, keeping its other options. Returns
 /// whether it is set now; an older kernel refuses the option (false).
+///
+/// Once set, a marker under /run/skiff says so for the rest of the boot,
+/// and later processes skip reading mountinfo (90 us here).
 pub fn favor_dynmods() -> bool {
     static DONE: OnceLock<bool> = OnceLock::new();
     *DONE.get_or_init(|| {
-        let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-            return false;
-        };
-        // `... MOUNTPOINT ... - cgroup2 cgroup2 SUPEROPTS`
-        let Some((point, mount_opts, opts)) = mountinfo.lines().find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut r = right.split_whitespace();
-            (r.next()? == "cgroup2").then_some(())?;
-            let opts = r.nth(1)?.to_string();
-            let mut f = left.split_whitespace().skip(4);
-            Some((f.next()?.to_string(), f.next()?.to_string(), opts))
-        }) else {
-            return false;
-        };
-        if opts.split(',').any(|o| o == "favordynmods") {
+        const MARKER: &str = "cgroup2-favordynmods";
+        if read_for_boot(MARKER).is_some() {
             return true;
         }
-        let keep: Vec<&str> = opts
-            .split(',')
-            .filter(|o| *o != "rw" && *o != "ro")
-            .chain(std::iter::once("favordynmods"))
-            .collect();
-        // The mount's own flags stay as they are (a remount resets those not given).
-        let flags = mount_opts
-            .split(',')
-            .fold(MsFlags::MS_REMOUNT, |f, o| match o {
-                "ro" => f | MsFlags::MS_RDONLY,
-                "nosuid" => f | MsFlags::MS_NOSUID,
-                "nodev" => f | MsFlags::MS_NODEV,
-                "noexec" => f | MsFlags::MS_NOEXEC,
-                "noatime" => f | MsFlags::MS_NOATIME,
-                "nodiratime" => f | MsFlags::MS_NODIRATIME,
-                "relatime" => f | MsFlags::MS_RELATIME,
-                _ => f,
-            });
-        match mount(None::<&str>, point.as_str(), None::<&str>, flags, Some(keep.join(",").as_str())) {
-            Ok(()) => {
-                tracing::info!(mount = %point, "cgroup2 remounted with favordynmods: moving a container into its cgroups no longer waits for an RCU grace period");
-                true
-            }
-            Err(e) => {
-                tracing::debug!(mount = %point, "cannot remount with favordynmods: {e}");
-                false
-            }
+        let set = set_favor_dynmods();
+        if set {
+            write_for_boot(MARKER, b"");
         }
+        set
     })
+}
+
+/// What file `name` of ours under /run/skiff holds, if it was written
+/// during this boot (/run/skiff is a tmpfs, unless one could not be
+/// mounted: its first line says which boot wrote it).
+fn read_for_boot(name: &str) -> Option<Vec<u8>> {
+    let text = std::fs::read(run_file(name)).ok()?;
+    let nl = text.iter().position(|&b| b == b'\n')?;
+    (text[..nl] == *boot_id()?.as_bytes()).then(|| text[nl + 1..].to_vec())
+}
+
+/// Writes file `name` for [`read_for_boot`]: whole or not at all.
+fn write_for_boot(name: &str, data: &[u8]) {
+    let Some(boot) = boot_id() else {
+        return;
+    };
+    let file = run_file(name);
+    let tmp = file.with_extension(format!("{}.tmp", std::process::id()));
+    let text = [boot.as_bytes(), b"\n", data].concat();
+    if std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &file))
+        .is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string())
+}
+
+fn run_file(name: &str) -> PathBuf {
+    crate::run_root::ensure();
+    Path::new(crate::run_root::RUN_ROOT).join(name)
+}
+
+/// Remounts the cgroup2 hierarchy with favordynmods unless it has it.
+fn set_favor_dynmods() -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // `... MOUNTPOINT ... - cgroup2 cgroup2 SUPEROPTS`
+    let Some((point, mount_opts, opts)) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        (r.next()? == "cgroup2").then_some(())?;
+        let opts = r.nth(1)?.to_string();
+        let mut f = left.split_whitespace().skip(4);
+        Some((f.next()?.to_string(), f.next()?.to_string(), opts))
+    }) else {
+        return false;
+    };
+    if opts.split(',').any(|o| o == "favordynmods") {
+        return true;
+    }
+    let keep: Vec<&str> = opts
+        .split(',')
+        .filter(|o| *o != "rw" && *o != "ro")
+        .chain(std::iter::once("favordynmods"))
+        .collect();
+    // The mount's own flags stay as they are (a remount resets those not given).
+    let flags = mount_opts
+        .split(',')
+        .fold(MsFlags::MS_REMOUNT, |f, o| match o {
+            "ro" => f | MsFlags::MS_RDONLY,
+            "nosuid" => f | MsFlags::MS_NOSUID,
+            "nodev" => f | MsFlags::MS_NODEV,
+            "noexec" => f | MsFlags::MS_NOEXEC,
+            "noatime" => f | MsFlags::MS_NOATIME,
+            "nodiratime" => f | MsFlags::MS_NODIRATIME,
+            "relatime" => f | MsFlags::MS_RELATIME,
+            _ => f,
+        });
+    match mount(
+        None::<&str>,
+        point.as_str(),
+        None::<&str>,
+        flags,
+        Some(keep.join(",").as_str()),
+    ) {
+        Ok(()) => {
+            tracing::info!(mount = %point, "cgroup2 remounted with favordynmods: moving a container into its cgroups no longer waits for an RCU grace period");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(mount = %point, "cannot remount with favordynmods: {e}");
+            false
+        }
+    }
 }
 
 /// Makes the host usable by `runtime` (a name or path like "crun"), and
@@ -186,6 +243,8 @@ pub fn prepare_host(runtime: &str) -> Result<(), CgroupError> {
             }
         }
     }
+    // There may be more hierarchies now.
+    let _ = std::fs::remove_file(run_file(HIERARCHIES));
     let left = read()?;
     if !left.trim().is_empty() {
         return Err(CgroupError::Hybrid {
@@ -202,16 +261,34 @@ pub fn prepare_host(runtime: &str) -> Result<(), CgroupError> {
 /// follows whatever the host mounts.
 pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
     let rel = path.trim_start_matches('/');
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = cgroup_mounts(&info)
+    let mut dirs: Vec<PathBuf> = hierarchies()
         .into_iter()
         .map(|(mountpoint, _)| mountpoint.join(rel))
         .collect();
     dirs.dedup();
     dirs
 }
+
+/// The host's cgroup hierarchies ([`cgroup_mounts`] of mountinfo), kept
+/// for the boot in /run/skiff: reading mountinfo takes 90 us here (3 us
+/// a mount, more with every running container's overlay), on the way out
+/// of every `skiff run`, to find hierarchies mounted once at boot.
+/// [`prepare_host`] drops the copy when it mounts one. A hierarchy that
+/// someone else mounts later is missed until reboot by the sweep of
+/// leftovers only: the runtime finds its hierarchies itself.
+fn hierarchies() -> Vec<(PathBuf, Vec<String>)> {
+    if let Some(h) = read_for_boot(HIERARCHIES).and_then(|b| serde_json::from_slice(&b).ok()) {
+        return h;
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let h = cgroup_mounts(&info);
+    if let (false, Ok(json)) = (h.is_empty(), serde_json::to_vec(&h)) {
+        write_for_boot(HIERARCHIES, &json);
+    }
+    h
+}
+
+const HIERARCHIES: &str = "cgroup-hierarchies";
 
 /// (mount point, controllers) of each cgroup (v1) and cgroup2 mount; the
 /// controllers of cgroup2 are empty.
@@ -323,8 +400,7 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
 /// before `delete` removes the cgroup (`crun run` removes it on exit).
 pub fn memory_oom_kills(path: &str) -> Option<u64> {
     let rel = path.trim_start_matches('/');
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    for (mountpoint, controllers) in cgroup_mounts(&info) {
+    for (mountpoint, controllers) in hierarchies() {
         let file = if controllers.is_empty() {
             mountpoint.join(rel).join("memory.events")
         } else if controllers.iter().any(|c| c == "memory") {
@@ -348,6 +424,18 @@ pub fn memory_oom_kills(path: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_kept_for_the_boot_is_read_during_that_boot_only() {
+        let name = format!("test-for-boot-{}", std::process::id());
+        assert_eq!(read_for_boot(&name), None);
+        write_for_boot(&name, b"[1,2]");
+        assert_eq!(read_for_boot(&name).as_deref(), Some(&b"[1,2]"[..]));
+        // As if written before a reboot.
+        std::fs::write(run_file(&name), "another-boot\n[1,2]").unwrap();
+        assert_eq!(read_for_boot(&name), None);
+        std::fs::remove_file(run_file(&name)).unwrap();
+    }
 
     const MOUNTINFO: &str = "\
 25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
