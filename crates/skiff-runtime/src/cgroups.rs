@@ -243,8 +243,10 @@ pub fn prepare_host(runtime: &str) -> Result<(), CgroupError> {
             }
         }
     }
-    // There may be more hierarchies now.
-    let _ = std::fs::remove_file(run_file(HIERARCHIES));
+    if !controllers.trim().is_empty() {
+        // There are more hierarchies now.
+        let _ = std::fs::remove_file(run_file(HIERARCHIES));
+    }
     let left = read()?;
     if !left.trim().is_empty() {
         return Err(CgroupError::Hybrid {
