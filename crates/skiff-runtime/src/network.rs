@@ -11,7 +11,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use nix::errno::Errno;
@@ -140,6 +139,7 @@ impl Network {
         let Namespace {
             fd: ns_fd,
             nl: ns_nl,
+            ipv6_default,
         } = ns;
         let ip = match self.allocate(&netns_path) {
             Ok(ip) => ip,
@@ -153,7 +153,17 @@ impl Network {
             ip,
             host_veth: veth_name(ip),
         };
-        match self.plumb(&att, &ns_fd, ns_nl) {
+        let plumbed = self.plumb(&att, &ns_fd, ns_nl);
+        if let Some(default) = ipv6_default {
+            // eth0 is made (or never will be): later interfaces get the
+            // kernel's default again. At offset 0: sysctl ignores a write
+            // past it.
+            use std::os::unix::fs::FileExt;
+            if let Err(e) = default.write_all_at(b"0", 0) {
+                tracing::warn!("cannot set IPv6 back on for the container's next interfaces: {e}");
+            }
+        }
+        match plumbed {
             Ok(()) => Ok(att),
             Err(e) => {
                 if let Err(t) = self.teardown(&att) {
@@ -444,6 +454,9 @@ pub struct Namespace {
     fd: OwnedFd,
     /// A netlink socket inside it.
     nl: Netlink,
+    /// Its `net.ipv6.conf.default.disable_ipv6`, set while eth0 is made
+    /// (see [`Namespace::unshare`]); `None` without IPv6.
+    ipv6_default: Option<File>,
 }
 
 impl Namespace {
@@ -456,112 +469,67 @@ impl Namespace {
         // interface, as Docker (26 and later) leaves one on an IPv4-only
         // network. With IPv6 on, the kernel gives eth0 a link-local
         // address as it comes up, checks it for duplicates and announces
-        // it over the bridge to every container (0.75 ms of `skiff run
-        // --rm IMG true` here, bench/ab-start), and containers could
-        // reach the host's services bound to `::` over it. Set for the
-        // interfaces made from now on: `lo` keeps ::1. A kernel without
-        // IPv6 has no such file, and nothing to turn off.
-        match std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1") {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::debug!("cannot turn IPv6 off for the container's interface: {e}"),
-        }
+        // it over the bridge to every container, and containers could
+        // reach the host's services bound to `::` over it. Off by default
+        // in the namespace until eth0 is made (see `plumb`): `lo` keeps
+        // ::1, and interfaces made later get the kernel's default. The
+        // file, opened here, stays this namespace's setting wherever it is
+        // written from. A kernel without IPv6 has none.
+        let ipv6_default = match OpenOptions::new()
+            .write(true)
+            .open("/proc/sys/net/ipv6/conf/default/disable_ipv6")
+            .and_then(|mut f| f.write_all(b"1").map(|_| f))
+        {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!("cannot turn IPv6 off for the container's interface: {e}");
+                None
+            }
+        };
         let fd = File::open("/proc/thread-self/ns/net")?.into();
         let mut nl = Netlink::open()?;
         // A new namespace has only `lo`, always index 1.
         nl.set_up(1)?;
-        Ok(Namespace { fd, nl })
+        Ok(Namespace {
+            fd,
+            nl,
+            ipv6_default,
+        })
     }
 
     /// Starts making a namespace on a throwaway thread (unshare(CLONE_NEWNET)
-    /// moves only the calling thread); [`NamespaceMaker::join`] it.
+    /// moves only the calling thread); join the handle for it.
+    ///
+    /// The thread makes itself SCHED_BATCH and yields first. Made ahead,
+    /// the namespace (0.6 ms of kernel work) is meant to overlap other
+    /// work, not to stop it: a new thread often starts on its maker's CPU,
+    /// in its place, and at normal priority it kept it for a whole time
+    /// slice half the time here, its maker waiting (`skiff run --rm IMG
+    /// true`, bench/ab-start: about -0.5 ms). A batch thread never takes
+    /// the CPU from a woken one, but keeps its normal share: on a busy
+    /// host it is not starved while it holds the kernel's network locks.
     pub fn spawn() -> io::Result<NamespaceMaker> {
-        let priority = Arc::new(Mutex::new(Priority::Normal));
-        let p = priority.clone();
-        let thread = std::thread::Builder::new().spawn(move || {
-            Priority::lower(&p);
-            let made = Namespace::unshare();
-            *p.lock().unwrap_or_else(|e| e.into_inner()) = Priority::Done;
-            made
-        })?;
-        Ok(NamespaceMaker { thread, priority })
+        std::thread::Builder::new().spawn(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: changes the calling thread's policy only; reads the
+            // param we pass. A failure leaves it as it was: only slower.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+            std::thread::yield_now();
+            Namespace::unshare()
+        })
     }
 
     /// [`Namespace::spawn`], waited for.
     fn make() -> io::Result<Namespace> {
-        Namespace::spawn()?.join()
-    }
-}
-
-/// A namespace being made on a thread of its own (see [`Namespace::spawn`]).
-///
-/// Until someone waits for it, the thread runs at the lowest priority
-/// (SCHED_IDLE): it takes only a CPU nothing else wants. Made ahead, a
-/// namespace (0.6 ms of kernel work) is meant to overlap other work, not
-/// to stop it: at normal priority the new thread took its maker's CPU half
-/// the time here, for a whole time slice, and its maker waited
-/// (`skiff run --rm IMG true`, bench/ab-start: -0.59 ms [-0.80, -0.36]
-/// lowered). Once waited for, it must not wait behind a busy host's
-/// other work: [`Self::join`] gives it its normal priority back first.
-pub struct NamespaceMaker {
-    thread: JoinHandle<io::Result<Namespace>>,
-    priority: Arc<Mutex<Priority>>,
-}
-
-/// Where the maker's thread stands; changed under the lock only, so that
-/// `join` never touches a thread that has finished (its id may be reused).
-enum Priority {
-    /// Not lowered (yet).
-    Normal,
-    /// Lowered; the thread's id.
-    Idle(libc::pid_t),
-    /// Waited for: the thread keeps (or has back) its normal priority.
-    Joined,
-    /// The namespace is made.
-    Done,
-}
-
-impl Priority {
-    /// On the maker's thread: lowers it unless it is waited for already.
-    fn lower(p: &Mutex<Priority>) {
-        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-        if !matches!(*p, Priority::Normal) {
-            return;
-        }
-        let idle = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler(0, ..) changes this thread only and
-        // reads the param we pass; gettid takes nothing.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } == 0 {
-            *p = Priority::Idle(unsafe { libc::gettid() });
-            drop(p);
-            // A new thread often starts on its maker's CPU, in its place;
-            // lowered, it gives it back now rather than at the end of its
-            // time slice.
-            std::thread::yield_now();
-        }
-    }
-}
-
-impl NamespaceMaker {
-    /// The namespace, made (or why not).
-    pub fn join(self) -> io::Result<Namespace> {
-        {
-            let mut p = self.priority.lock().unwrap_or_else(|e| e.into_inner());
-            if let Priority::Idle(tid) = *p {
-                let normal = libc::sched_param { sched_priority: 0 };
-                // SAFETY: thread `tid` is alive: it cannot reach `Done`
-                // while we hold the lock. Reads the param we pass.
-                unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &normal) };
-            }
-            if !matches!(*p, Priority::Done) {
-                *p = Priority::Joined;
-            }
-        }
-        self.thread
+        Namespace::spawn()?
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")))
     }
 }
+
+/// A namespace being made on a thread of its own (see [`Namespace::spawn`]).
+pub type NamespaceMaker = JoinHandle<io::Result<Namespace>>;
 
 /// Pins `ns` at `path`, as `ip netns add` does (a bind mount of the
 /// namespace onto an empty file), so that it outlives this process.

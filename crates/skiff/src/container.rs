@@ -273,7 +273,10 @@ pub fn prepare(
             let laid_out = std::thread::Builder::new().spawn_scoped(s, lay_out);
             let t0 = std::time::Instant::now();
             let network = Network::new();
-            let made = args.namespace.take().map(NamespaceMaker::join);
+            let made = args.namespace.take().map(|m| {
+                m.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
+            });
             let attached = match made {
                 Some(Ok(ns)) => network.setup_in(&record.id, &netns_dir, ns),
                 // Made here instead (a failure, the same again, says why).
