@@ -94,22 +94,25 @@ pub fn favor_dynmods() -> bool {
 }
 
 /// What file `name` of ours under /run/skiff holds, if it was written
-/// during this boot (/run/skiff is a tmpfs, unless one could not be
-/// mounted: its first line says which boot wrote it).
+/// during this boot and in this mount namespace (/run/skiff is a tmpfs,
+/// unless one could not be mounted: its first line says who wrote it).
 fn read_for_boot(name: &str) -> Option<Vec<u8>> {
     let text = std::fs::read(run_file(name)).ok()?;
     let nl = text.iter().position(|&b| b == b'\n')?;
-    (text[..nl] == *boot_id()?.as_bytes()).then(|| text[nl + 1..].to_vec())
+    (text[..nl] == *boot_key()?.as_bytes()).then(|| text[nl + 1..].to_vec())
 }
 
-/// Writes file `name` for [`read_for_boot`]: whole or not at all.
+/// Writes file `name` for [`read_for_boot`]: whole or not at all, also
+/// when threads of one process write it at once.
 fn write_for_boot(name: &str, data: &[u8]) {
-    let Some(boot) = boot_id() else {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(key) = boot_key() else {
         return;
     };
     let file = run_file(name);
-    let tmp = file.with_extension(format!("{}.tmp", std::process::id()));
-    let text = [boot.as_bytes(), b"\n", data].concat();
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = file.with_extension(format!("{}.{n}.tmp", std::process::id()));
+    let text = [key.as_bytes(), b"\n", data].concat();
     if std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, &file))
         .is_err()
@@ -118,9 +121,11 @@ fn write_for_boot(name: &str, data: &[u8]) {
     }
 }
 
-fn boot_id() -> Option<String> {
+/// This boot's id and this process's mount namespace.
+fn boot_key() -> Option<String> {
     let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(id.trim().to_string())
+    let mnt = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    Some(format!("{} {}", id.trim(), mnt.display()))
 }
 
 fn run_file(name: &str) -> PathBuf {
@@ -210,6 +215,8 @@ pub fn prepare_host(runtime: &str) -> Result<(), CgroupError> {
         })
     };
     let controllers = read()?;
+    let mounting = !controllers.trim().is_empty();
+    let _lock = mounting.then(hierarchies_lock);
     for c in controllers.split_whitespace() {
         let dir = PathBuf::from(format!("{CGROUP_ROOT}/{c}"));
         if let Err(e) = std::fs::create_dir(&dir) {
@@ -243,7 +250,7 @@ pub fn prepare_host(runtime: &str) -> Result<(), CgroupError> {
             }
         }
     }
-    if !controllers.trim().is_empty() {
+    if mounting {
         // There are more hierarchies now.
         let _ = std::fs::remove_file(run_file(HIERARCHIES));
     }
@@ -259,8 +266,7 @@ pub fn prepare_host(runtime: &str) -> Result<(), CgroupError> {
 }
 
 /// Every directory that `path` (e.g. `/skiff/<id>`) maps to: one per v1
-/// hierarchy, plus the unified one. From `/proc/self/mountinfo`, so it
-/// follows whatever the host mounts.
+/// hierarchy, plus the unified one (see [`hierarchies`]).
 pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
     let rel = path.trim_start_matches('/');
     let mut dirs: Vec<PathBuf> = hierarchies()
@@ -279,7 +285,14 @@ pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
 /// someone else mounts later is missed until reboot by the sweep of
 /// leftovers only: the runtime finds its hierarchies itself.
 fn hierarchies() -> Vec<(PathBuf, Vec<String>)> {
-    if let Some(h) = read_for_boot(HIERARCHIES).and_then(|b| serde_json::from_slice(&b).ok()) {
+    let kept = || read_for_boot(HIERARCHIES).and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(h) = kept() {
+        return h;
+    }
+    // Read and kept under the lock `prepare_host` mounts under: a list
+    // read before its mount is not kept after it.
+    let _lock = hierarchies_lock();
+    if let Some(h) = kept() {
         return h;
     }
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -291,6 +304,15 @@ fn hierarchies() -> Vec<(PathBuf, Vec<String>)> {
 }
 
 const HIERARCHIES: &str = "cgroup-hierarchies";
+
+/// An exclusive lock on the kept list of hierarchies, held until dropped;
+/// `None` if it cannot be had (the list is then only less sure).
+fn hierarchies_lock() -> Option<std::fs::File> {
+    let file = std::fs::File::create(run_file("cgroup-hierarchies.lock")).ok()?;
+    // SAFETY: flock on a descriptor we own; released when `file` drops.
+    (unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } == 0)
+        .then_some(file)
+}
 
 /// (mount point, controllers) of each cgroup (v1) and cgroup2 mount; the
 /// controllers of cgroup2 are empty.
@@ -434,7 +456,7 @@ mod tests {
         write_for_boot(&name, b"[1,2]");
         assert_eq!(read_for_boot(&name).as_deref(), Some(&b"[1,2]"[..]));
         // As if written before a reboot.
-        std::fs::write(run_file(&name), "another-boot\n[1,2]").unwrap();
+        std::fs::write(run_file(&name), "another-boot ns\n[1,2]").unwrap();
         assert_eq!(read_for_boot(&name), None);
         std::fs::remove_file(run_file(&name)).unwrap();
     }

@@ -34,7 +34,7 @@ pub fn discard(id: &str, dir: &Path, trash: &Path) {
 }
 
 /// Removes the files in `dir`; whether what is left is a skeleton: an
-/// empty `upper` and the overlay's `work`.
+/// empty `upper` and the overlay's `work` with nothing but its own.
 fn strip_to_skeleton(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
@@ -43,7 +43,7 @@ fn strip_to_skeleton(dir: &Path) -> bool {
     for entry in entries.flatten() {
         let path = entry.path();
         match (entry.file_type(), entry.file_name().to_str()) {
-            (Ok(t), Some("work")) if t.is_dir() => {}
+            (Ok(t), Some("work")) if t.is_dir() => skeleton &= only_overlay_own(&path, ""),
             (Ok(t), Some("upper")) if t.is_dir() => {
                 skeleton &= std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none());
             }
@@ -52,6 +52,40 @@ fn strip_to_skeleton(dir: &Path) -> bool {
         }
     }
     skeleton
+}
+
+/// What overlayfs keeps in a work directory it is done with: its own
+/// `work`, and for a volatile mount `work/incompat/volatile/dirty`, an
+/// empty file. Anything else (a copy-up it could not clean) is data.
+const OVERLAY_OWN: [&str; 4] = [
+    "work",
+    "work/incompat",
+    "work/incompat/volatile",
+    "work/incompat/volatile/dirty",
+];
+
+/// Whether `dir` (`rel` below the work directory) holds only [`OVERLAY_OWN`].
+fn only_overlay_own(dir: &Path, rel: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().all(|entry| {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return false;
+        };
+        let rel = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        match entry.file_type() {
+            Ok(_) if !OVERLAY_OWN.contains(&rel.as_str()) => false,
+            Ok(t) if t.is_dir() => only_overlay_own(&entry.path(), &rel),
+            Ok(t) => t.is_file() && entry.metadata().is_ok_and(|m| m.len() == 0),
+            Err(_) => false,
+        }
+    })
 }
 
 /// The trash's entries as they were when made; [`Self::remove_one`]

@@ -226,6 +226,7 @@ fn what_a_removed_container_wrote_goes_at_once_its_empty_directories_at_the_next
         let m = p.symlink_metadata().unwrap();
         assert!(m.is_dir() || m.len() == 0, "{} holds data", p.display());
     }
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
     // Wrote something: removed at once, data and all. Its start emptied
     // the trash meanwhile.
     s.ok(&["run", "--rm", img, "sh", "-c", "echo data > /data"]);

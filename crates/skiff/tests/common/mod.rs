@@ -110,8 +110,8 @@ impl Skiff {
     }
 
     /// What this root holds that must go when its containers go. The
-    /// trash may keep empty directories (and the overlay's empty `dirty`
-    /// file) until the next start, never data.
+    /// trash may keep a removed container's empty skeleton until the next
+    /// start, never data.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
         let root = self.root.path().to_string_lossy().into_owned();
@@ -130,15 +130,29 @@ impl Skiff {
                 found.extend(rd.flatten().map(|e| e.path().display().to_string()));
             }
         }
-        found.extend(
-            walk(&self.root.path().join("trash"))
-                .into_iter()
-                .filter(|p| {
-                    p.symlink_metadata()
-                        .is_ok_and(|m| !m.is_dir() && m.len() > 0)
-                })
-                .map(|p| format!("data in the trash: {}", p.display())),
-        );
+        // In the trash, only the skeleton of a container that wrote
+        // nothing: its empty upper directory and overlayfs's own.
+        const SKELETON: [&str; 6] = [
+            "upper",
+            "work",
+            "work/work",
+            "work/work/incompat",
+            "work/work/incompat/volatile",
+            "work/work/incompat/volatile/dirty",
+        ];
+        let trash = self.root.path().join("trash");
+        for entry in self.trash() {
+            let dir = trash.join(entry);
+            for p in walk(&dir) {
+                let rel = p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
+                let empty = p
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_dir() || (m.is_file() && m.len() == 0));
+                if !SKELETON.contains(&rel.as_str()) || !empty {
+                    found.push(format!("not a skeleton in the trash: {}", p.display()));
+                }
+            }
+        }
         found
     }
 
