@@ -16,6 +16,7 @@
 //! not empty is removed whole, at once, as before.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::container::remove_dir;
 use crate::context::Context;
@@ -95,9 +96,17 @@ pub struct Emptying(Vec<PathBuf>);
 
 impl Emptying {
     pub fn new(ctx: &Context) -> Emptying {
-        let entries = std::fs::read_dir(ctx.trash_dir())
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(ctx.trash_dir())
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
+        // Starts that empty it at once (a daemon's) begin at different
+        // entries rather than all on the same one.
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        if !entries.is_empty() {
+            let at = std::process::id() as usize + STARTS.fetch_add(1, Ordering::Relaxed);
+            let len = entries.len();
+            entries.rotate_left(at % len);
+        }
         Emptying(entries)
     }
 
