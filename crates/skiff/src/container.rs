@@ -401,6 +401,23 @@ pub fn release_held(ctx: &Context, id: &str, remove: bool) {
     }
 }
 
+/// Takes container `id`'s rootfs off the host once the container exists:
+/// it is mounted there for the runtime to make the container, whose
+/// mount namespace keeps a copy of its own (crun and runc write the pid
+/// file once the container is made; an unknown runtime, gVisor's say, may
+/// serve files from the host's mount, and keeps it until the end). Lazily
+/// unmounted while the container runs, the mount no longer adds its
+/// unmount (an RCU grace period) to the container's exit, where it also
+/// waited for the container's own mounts to go: -0.40 ms [-0.58, -0.18]
+/// of `skiff run --rm IMG true` here (bench/ab-start). The container's
+/// writes stay under its upper directory; `release` finds the rootfs
+/// unmounted already.
+pub fn detach_rootfs(ctx: &Context, id: &str, runtime: &OciRuntime) {
+    if matches!(runtime.name(), "crun" | "runc") {
+        unmount_rootfs(ctx, id);
+    }
+}
+
 /// Unmounts container `id`'s rootfs; whether it is unmounted. (A
 /// container prepared by an older Skiff has its rootfs in its container
 /// directory.)

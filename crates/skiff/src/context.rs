@@ -18,7 +18,8 @@
 //!   auth.json          registry credentials (Docker's config.json format)
 //! /run/skiff/<hash of $SKIFF_ROOT>/
 //!   containers/<id>/   the bundle: config.json, rootfs (the overlay's mount
-//!                      point), etc-layer (its top lower layer: /etc with
+//!                      point, unmounted once the container exists: see
+//!                      container.rs's detach_rootfs), etc-layer (its top lower layer: /etc with
 //!                      hostname, resolv.conf and an empty hosts for the
 //!                      bind mount), pid, runtime.log
 //!   netns/<id>         the container's network namespace (a bind mount)

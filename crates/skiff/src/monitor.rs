@@ -34,7 +34,7 @@ use skiff_core::PortMapping;
 use skiff_runtime::oci::{OciRuntime, LOG_FILE};
 use skiff_state::ContainerRecord;
 
-use crate::container::{release, release_held};
+use crate::container::{detach_rootfs, release, release_held};
 use crate::context::Context;
 use crate::logs::{log_path, open_log, pump, Stream};
 use crate::spawn::{self, Spawned};
@@ -109,6 +109,7 @@ pub fn run(
     if let Some(n) = notify.take() {
         n(Ok(()));
     }
+    detach_rootfs(ctx, &record.id, runtime);
     if let Some(ip) = ip {
         crate::proxy::serve(listeners, ip);
     }

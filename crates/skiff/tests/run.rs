@@ -554,6 +554,45 @@ fn the_container_starts_with_no_signal_blocked_or_ignored() {
 }
 
 #[test]
+fn a_running_container_keeps_its_rootfs_once_the_host_lets_go_of_it() {
+    let s = Skiff::new();
+    let img = s.load_busybox();
+    let script = "sleep 2; echo data > /f; cat /f; ls /bin/busybox";
+    let id = s.ok(&["run", "-d", img, "sh", "-c", script]);
+    let id = id.trim();
+    // Once the container exists (well before it exits, 2 s on), the host
+    // unmounts its copy of the rootfs.
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!("{id}/rootfs"))
+    };
+    let mut gone = false;
+    for _ in 0..50 {
+        if !mounted() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(gone, "the rootfs of {id} is still mounted on the host");
+    for _ in 0..200 {
+        if s.ok(&["ps", "-a"]).contains("Exited") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The container wrote and read its files after that, and its writes
+    // are in its upper directory.
+    assert!(s.ok(&["ps", "-a"]).contains("Exited (0)"));
+    assert_eq!(s.ok(&["logs", id]), "data\n/bin/busybox\n");
+    let upper = s.root.path().join("containers").join(id).join("upper/f");
+    assert_eq!(std::fs::read_to_string(upper).unwrap(), "data\n");
+    s.ok(&["rm", id]);
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+#[test]
 fn sigterm_to_a_foreground_run_stops_the_container() {
     let s = Skiff::new();
     let img = s.load_busybox();
