@@ -94,19 +94,19 @@ pub fn favor_dynmods() -> bool {
 }
 
 /// What file `name` of ours under /run/skiff holds, if it was written
-/// during this boot and in this mount namespace (/run/skiff is a tmpfs,
-/// unless one could not be mounted: its first line says who wrote it).
+/// during this boot (/run/skiff is a tmpfs, unless one could not be
+/// mounted: its first line says which boot wrote it).
 fn read_for_boot(name: &str) -> Option<Vec<u8>> {
     let text = std::fs::read(run_file(name)).ok()?;
     let nl = text.iter().position(|&b| b == b'\n')?;
-    (text[..nl] == *boot_key()?.as_bytes()).then(|| text[nl + 1..].to_vec())
+    (text[..nl] == *boot_id()?.as_bytes()).then(|| text[nl + 1..].to_vec())
 }
 
 /// Writes file `name` for [`read_for_boot`]: whole or not at all, also
 /// when threads of one process write it at once.
 fn write_for_boot(name: &str, data: &[u8]) {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let Some(key) = boot_key() else {
+    let Some(key) = boot_id() else {
         return;
     };
     let file = run_file(name);
@@ -121,11 +121,9 @@ fn write_for_boot(name: &str, data: &[u8]) {
     }
 }
 
-/// This boot's id and this process's mount namespace.
-fn boot_key() -> Option<String> {
+fn boot_id() -> Option<String> {
     let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let mnt = std::fs::read_link("/proc/self/ns/mnt").ok()?;
-    Some(format!("{} {}", id.trim(), mnt.display()))
+    Some(id.trim().to_string())
 }
 
 fn run_file(name: &str) -> PathBuf {
@@ -235,10 +233,14 @@ pub fn prepare_host(runtime: &str) -> Result<(), CgroupError> {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some(c),
         ) {
-            Ok(()) => tracing::info!(
-                controller = c,
-                "mounted as cgroup v1 so that crun accepts this hybrid host"
-            ),
+            Ok(()) => {
+                // There are more hierarchies now.
+                let _ = std::fs::remove_file(run_file(&hierarchies_file()));
+                tracing::info!(
+                    controller = c,
+                    "mounted as cgroup v1 so that crun accepts this hybrid host"
+                )
+            }
             // Mounted already, by us or by a racing process.
             Err(Errno::EBUSY) => {}
             Err(source) => {
@@ -249,10 +251,6 @@ pub fn prepare_host(runtime: &str) -> Result<(), CgroupError> {
                 })
             }
         }
-    }
-    if mounting {
-        // There are more hierarchies now.
-        let _ = std::fs::remove_file(run_file(HIERARCHIES));
     }
     let left = read()?;
     if !left.trim().is_empty() {
@@ -285,7 +283,8 @@ pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
 /// someone else mounts later is missed until reboot by the sweep of
 /// leftovers only: the runtime finds its hierarchies itself.
 fn hierarchies() -> Vec<(PathBuf, Vec<String>)> {
-    let kept = || read_for_boot(HIERARCHIES).and_then(|b| serde_json::from_slice(&b).ok());
+    let file = hierarchies_file();
+    let kept = || read_for_boot(&file).and_then(|b| serde_json::from_slice(&b).ok());
     if let Some(h) = kept() {
         return h;
     }
@@ -298,12 +297,22 @@ fn hierarchies() -> Vec<(PathBuf, Vec<String>)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let h = cgroup_mounts(&info);
     if let (false, Ok(json)) = (h.is_empty(), serde_json::to_vec(&h)) {
-        write_for_boot(HIERARCHIES, &json);
+        write_for_boot(&file, &json);
     }
     h
 }
 
-const HIERARCHIES: &str = "cgroup-hierarchies";
+/// Where [`hierarchies`] keeps them: one file per mount namespace, which
+/// is what mountinfo shows (a daemon in one of its own sees other mounts).
+fn hierarchies_file() -> String {
+    let ns = std::fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
+    let id: String = ns
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    format!("cgroup-hierarchies.{id}")
+}
 
 /// An exclusive lock on the kept list of hierarchies, held until dropped;
 /// `None` if it cannot be had (the list is then only less sure).

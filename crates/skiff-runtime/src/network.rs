@@ -154,12 +154,12 @@ impl Network {
             host_veth: veth_name(ip),
         };
         let plumbed = self.plumb(&att, &ns_fd, ns_nl);
-        if let Some(default) = ipv6_default {
+        if let Some((default, was)) = ipv6_default {
             // eth0 is made (or never will be): later interfaces get the
-            // kernel's default again. At offset 0: sysctl ignores a write
-            // past it.
+            // namespace's own default again. At offset 0: sysctl ignores
+            // a write past it.
             use std::os::unix::fs::FileExt;
-            if let Err(e) = default.write_all_at(b"0", 0) {
+            if let Err(e) = default.write_all_at(&was, 0) {
                 tracing::warn!("cannot set IPv6 back on for the container's next interfaces: {e}");
             }
         }
@@ -455,8 +455,9 @@ pub struct Namespace {
     /// A netlink socket inside it.
     nl: Netlink,
     /// Its `net.ipv6.conf.default.disable_ipv6`, set while eth0 is made
-    /// (see [`Namespace::unshare`]); `None` without IPv6.
-    ipv6_default: Option<File>,
+    /// (see [`Namespace::unshare`]), and the value to put back; `None`
+    /// without IPv6.
+    ipv6_default: Option<(File, Vec<u8>)>,
 }
 
 impl Namespace {
@@ -471,19 +472,24 @@ impl Namespace {
         // address as it comes up, checks it for duplicates and announces
         // it over the bridge to every container, and containers could
         // reach the host's services bound to `::` over it. Off by default
-        // in the namespace until eth0 is made (see `plumb`): `lo` keeps
-        // ::1, and interfaces made later get the kernel's default. The
-        // file, opened here, stays this namespace's setting wherever it is
-        // written from. A kernel without IPv6 has none.
+        // in the namespace until eth0 is made (see `setup_in`): `lo` keeps
+        // ::1, and interfaces made later get the namespace's own default
+        // back. The file, opened here, stays this namespace's setting
+        // wherever it is written from. A kernel without IPv6 has none.
         let ipv6_default = match OpenOptions::new()
+            .read(true)
             .write(true)
             .open("/proc/sys/net/ipv6/conf/default/disable_ipv6")
-            .and_then(|mut f| f.write_all(b"1").map(|_| f))
-        {
-            Ok(f) => Some(f),
+            .and_then(|mut f| {
+                let mut was = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut was)?;
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(b"1", 0).map(|_| (f, was))
+            }) {
+            Ok(d) => Some(d),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
-                tracing::warn!("cannot turn IPv6 off for the container's interface: {e}");
+                tracing::debug!("cannot turn IPv6 off for the container's interface: {e}");
                 None
             }
         };
@@ -501,14 +507,14 @@ impl Namespace {
     /// Starts making a namespace on a throwaway thread (unshare(CLONE_NEWNET)
     /// moves only the calling thread); join the handle for it.
     ///
-    /// The thread makes itself SCHED_BATCH and yields first. Made ahead,
-    /// the namespace (0.6 ms of kernel work) is meant to overlap other
-    /// work, not to stop it: a new thread often starts on its maker's CPU,
-    /// in its place, and at normal priority it kept it for a whole time
-    /// slice half the time here, its maker waiting (`skiff run --rm IMG
-    /// true`, bench/ab-start: about -0.5 ms). A batch thread never takes
-    /// the CPU from a woken one, but keeps its normal share: on a busy
-    /// host it is not starved while it holds the kernel's network locks.
+    /// The thread yields first, as SCHED_BATCH. Made ahead, the namespace
+    /// (0.6 ms of kernel work) is meant to overlap other work, not to stop
+    /// it: a new thread often starts on its maker's CPU, in its place, and
+    /// kept it for a whole time slice half the time here, its maker waiting
+    /// (`skiff run --rm IMG true`, bench/ab-start: about -0.5 ms). The
+    /// yield gives the CPU back; as a batch thread, it does not take it
+    /// again each time it wakes, but keeps its normal share (on a busy
+    /// host it is not starved while it holds the kernel's network locks).
     pub fn spawn() -> io::Result<NamespaceMaker> {
         std::thread::Builder::new().spawn(|| {
             let param = libc::sched_param { sched_priority: 0 };

@@ -25,9 +25,9 @@
 //!   netns/<id>         the container's network namespace (a bind mount)
 //!   runtime/<name>/    the OCI runtime's own state (--root)
 //! /run/skiff/ipam/       address leases on skiff0, shared by all roots
-//! /run/skiff/cgroup-hierarchies, /run/skiff/cgroup2-favordynmods
-//!                      what the host's cgroup mounts are, kept for the
-//!                      boot (see skiff-runtime's cgroups.rs)
+//! /run/skiff/cgroup-hierarchies.<mount ns>, cgroup2-favordynmods (and a
+//!                      .lock): what the host's cgroup mounts are, kept
+//!                      for the boot (see skiff-runtime's cgroups.rs)
 //! /run/skiff/runtimes/<key>/<runtime>
 //!                      a read-only bind mount of the runtime's binary,
 //!                      which it runs from (see skiff-runtime's oci.rs)

@@ -109,7 +109,6 @@ pub fn run(
     if let Some(n) = notify.take() {
         n(Ok(()));
     }
-    detach_rootfs(ctx, &record.id, runtime);
     if let Some(ip) = ip {
         crate::proxy::serve(listeners, ip);
     }
@@ -121,6 +120,7 @@ pub fn run(
         let foreground = opts.foreground;
         std::thread::spawn(move || forward_signals(signals, t, foreground));
     }
+    detach_rootfs(ctx, &record.id, runtime);
 
     // Once the container's init is gone, so is every process of its pid
     // namespace (the kernel kills them before init's exit completes), and

@@ -477,10 +477,15 @@ fn stdin_volumes_limits_networks_and_runtimes() {
         "-c",
         "cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; ip -6 addr",
     ]);
-    // (Only eth0: an interface made later gets the kernel's default.)
+    // Only eth0: an interface made later gets a new namespace's default.
+    let fresh = std::process::Command::new("unshare")
+        .args(["-n", "cat", "/proc/sys/net/ipv6/conf/default/disable_ipv6"])
+        .output()
+        .unwrap();
+    let default = String::from_utf8_lossy(&fresh.stdout).into_owned();
     assert!(
-        v6.starts_with("1\n0\n") && v6.contains("::1/128") && !v6.contains("fe80:"),
-        "{v6}"
+        v6.starts_with(&format!("1\n{default}")) && v6.contains("::1/128") && !v6.contains("fe80:"),
+        "{v6} (a new namespace's default: {default})"
     );
     let none = s.ok(&["run", "--rm", "--network", "none", img, "ip", "-4", "addr"]);
     assert!(
