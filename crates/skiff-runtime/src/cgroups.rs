@@ -102,22 +102,11 @@ fn read_for_boot(name: &str) -> Option<Vec<u8>> {
     (text[..nl] == *boot_id()?.as_bytes()).then(|| text[nl + 1..].to_vec())
 }
 
-/// Writes file `name` for [`read_for_boot`]: whole or not at all, also
-/// when threads of one process write it at once.
+/// Writes file `name` for [`read_for_boot`] (best effort: it only saves
+/// work).
 fn write_for_boot(name: &str, data: &[u8]) {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let Some(key) = boot_id() else {
-        return;
-    };
-    let file = run_file(name);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = file.with_extension(format!("{}.{n}.tmp", std::process::id()));
-    let text = [key.as_bytes(), b"\n", data].concat();
-    if std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, &file))
-        .is_err()
-    {
-        let _ = std::fs::remove_file(&tmp);
+    if let Some(boot) = boot_id() {
+        let _ = crate::write_whole(&run_file(name), &[boot.as_bytes(), b"\n", data].concat());
     }
 }
 

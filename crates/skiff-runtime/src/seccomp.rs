@@ -221,7 +221,7 @@ pub fn compile(
         None => {
             let b = compile_uncached(profile)?;
             if let Some(f) = &file {
-                if let Err(e) = store(f, &b) {
+                if let Err(e) = crate::write_whole(f, &b) {
                     tracing::debug!("cannot cache the seccomp filter in {}: {e}", f.display());
                 }
             }
@@ -238,19 +238,6 @@ pub fn compile(
 /// A BPF program is a whole number of 8-byte instructions.
 fn is_program(b: &[u8]) -> bool {
     !b.is_empty() && b.len().is_multiple_of(8)
-}
-
-/// Written whole or not at all: a reader never sees half a program.
-fn store(file: &Path, bpf: &[u8]) -> std::io::Result<()> {
-    let dir = file.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{}.{n}.tmp", std::process::id()));
-    std::fs::write(&tmp, bpf)?;
-    std::fs::rename(&tmp, file).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 fn compile_uncached(profile: &LinuxSeccomp) -> Result<Vec<u8>, CompileError> {
