@@ -516,26 +516,34 @@ impl Namespace {
     /// again each time it wakes, but keeps its normal share (on a busy
     /// host it is not starved while it holds the kernel's network locks).
     pub fn spawn() -> io::Result<NamespaceMaker> {
-        std::thread::Builder::new().spawn(|| {
+        let thread = std::thread::Builder::new().spawn(|| {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: changes the calling thread's policy only; reads the
             // param we pass. A failure leaves it as it was: only slower.
             unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
             std::thread::yield_now();
             Namespace::unshare()
-        })
+        })?;
+        Ok(NamespaceMaker(thread))
     }
 
     /// [`Namespace::spawn`], waited for.
     fn make() -> io::Result<Namespace> {
-        Namespace::spawn()?
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")))
+        Namespace::spawn()?.join()
     }
 }
 
 /// A namespace being made on a thread of its own (see [`Namespace::spawn`]).
-pub type NamespaceMaker = JoinHandle<io::Result<Namespace>>;
+pub struct NamespaceMaker(JoinHandle<io::Result<Namespace>>);
+
+impl NamespaceMaker {
+    /// The namespace, made (or why not).
+    pub fn join(self) -> io::Result<Namespace> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")))
+    }
+}
 
 /// Pins `ns` at `path`, as `ip netns add` does (a bind mount of the
 /// namespace onto an empty file), so that it outlives this process.

@@ -273,10 +273,7 @@ pub fn prepare(
             let laid_out = std::thread::Builder::new().spawn_scoped(s, lay_out);
             let t0 = std::time::Instant::now();
             let network = Network::new();
-            let made = args.namespace.take().map(|m| {
-                m.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
-            });
+            let made = args.namespace.take().map(NamespaceMaker::join);
             let attached = match made {
                 Some(Ok(ns)) => network.setup_in(&record.id, &netns_dir, ns),
                 // Made here instead (a failure, the same again, says why).
@@ -354,10 +351,11 @@ pub fn release(ctx: &Context, id: &str, runtime: &OciRuntime, remove: bool) {
     // the record stay, for a later release to finish.
     let remove = remove && unmount_rootfs(ctx, id);
     std::thread::scope(|s| {
-        // The directory on disk (upper and work: 0.7 ms here, unless
-        // only a skeleton for the trash is left) goes on a second thread while the network and the cgroup are released on
-        // this one (or after them, should no thread start), unless the
-        // monitor removed it already (see `release_held`).
+        // The directory on disk (upper and work: 0.7 ms here, unless only
+        // a skeleton for the trash is left) goes on a second thread while
+        // the network and the cgroup are released on this one (or after
+        // them, should no thread start), unless the monitor removed it
+        // already (see `release_held`).
         let removing = (remove && dir.exists()).then(|| {
             std::thread::Builder::new()
                 .spawn_scoped(s, || crate::trash::discard(id, &dir, &trash))

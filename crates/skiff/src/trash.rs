@@ -6,7 +6,7 @@
 //! Removing it is waiting for the disk: on an ext4 mounted with `discard`
 //! (this kind of VM) every freed directory block is discarded before
 //! rmdir returns, 60 us each, 0.4 ms of the end of every `run --rm`
-//! (bench/ab-start: -0.3 ms with the skeleton moved here instead).
+//! (bench/ab-start: -0.55 ms [-0.85, -0.30] with the skeleton moved here).
 //! Moved to `$SKIFF_ROOT/trash/<id>` (a rename), it waits for the next
 //! container start, which empties the trash while its runtime sets the
 //! container up (see `monitor::start`).
