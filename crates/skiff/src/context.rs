@@ -19,9 +19,9 @@
 //! /run/skiff/<hash of $SKIFF_ROOT>/
 //!   containers/<id>/   the bundle: config.json, rootfs (the overlay's mount
 //!                      point, unmounted once the container exists: see
-//!                      container.rs's detach_rootfs), etc-layer (its top lower layer: /etc with
-//!                      hostname, resolv.conf and an empty hosts for the
-//!                      bind mount), pid, runtime.log
+//!                      container.rs's detach_rootfs), etc-layer (its top
+//!                      lower layer: /etc with hostname, resolv.conf and an
+//!                      empty hosts for the bind mount), pid, runtime.log
 //!   netns/<id>         the container's network namespace (a bind mount)
 //!   runtime/<name>/    the OCI runtime's own state (--root)
 //! /run/skiff/ipam/       address leases on skiff0, shared by all roots
@@ -37,11 +37,12 @@
 //! view of running containers, the bundle it runs from) is kept on tmpfs
 //! (Skiff mounts one on /run/skiff where /run is not one: see
 //! skiff-runtime's run_root.rs), keyed by the root, so a reboot cannot
-//! leave stale entries behind and two roots never meet. It is also faster: on ext4, creating files where many
-//! were just deleted makes the inode allocator scan for recently deleted
-//! inodes, which cost `crun run` several milliseconds per container here,
-//! and every file made and removed is a journal write (a bundle on tmpfs
-//! took 1-2 ms off `run --rm` while the disk was busy).
+//! leave stale entries behind and two roots never meet. It is also
+//! faster: on ext4, creating files where many were just deleted makes
+//! the inode allocator scan for recently deleted inodes, which cost `crun
+//! run` several milliseconds per container here, and every file made and
+//! removed is a journal write (a bundle on tmpfs took 1-2 ms off `run
+//! --rm` while the disk was busy).
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
