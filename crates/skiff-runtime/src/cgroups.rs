@@ -307,9 +307,8 @@ fn hierarchies_file() -> String {
 /// `None` if it cannot be had (the list is then only less sure).
 fn hierarchies_lock() -> Option<std::fs::File> {
     let file = std::fs::File::create(run_file("cgroup-hierarchies.lock")).ok()?;
-    // SAFETY: flock on a descriptor we own; released when `file` drops.
-    (unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } == 0)
-        .then_some(file)
+    crate::lock_exclusive(&file).ok()?;
+    Some(file)
 }
 
 /// (mount point, controllers) of each cgroup (v1) and cgroup2 mount; the

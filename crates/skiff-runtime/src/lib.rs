@@ -67,3 +67,14 @@ pub(crate) fn write_whole(file: &std::path::Path, data: &[u8]) -> std::io::Resul
             let _ = std::fs::remove_file(&tmp);
         })
 }
+
+/// Takes an exclusive flock on `file`, waiting for it; it is released when
+/// the file is closed.
+pub(crate) fn lock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor the caller owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

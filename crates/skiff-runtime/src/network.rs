@@ -329,10 +329,7 @@ impl Network {
     /// is never taken.
     fn reclaim(&self, lease: &Path, tmp: &Path) -> io::Result<bool> {
         let lock = File::create(self.ipam_dir.join(".lock"))?;
-        // SAFETY: flock on a descriptor we own; released when `lock` drops.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::lock_exclusive(&lock)?;
         let owner = match std::fs::read_to_string(lease) {
             Ok(o) => o,
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),

@@ -532,10 +532,7 @@ fn read_only_mount(binary: &Path, name: &str) -> io::Result<PathBuf> {
     }
     // One maker at a time; a process that waited finds the mount made.
     let lock = std::fs::File::open(mounts)?;
-    // SAFETY: flock on a descriptor we own; released when `lock` drops.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::lock_exclusive(&lock)?;
     if mounted() {
         return Ok(target);
     }

@@ -14,7 +14,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -46,10 +45,7 @@ fn mount_tmpfs(root: &Path) -> io::Result<()> {
     // that opens it after the mount gets the tmpfs's root instead, and
     // finds the tmpfs below.
     let dir = File::open(root)?;
-    // SAFETY: flock on a descriptor we own; released when `dir` drops.
-    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::lock_exclusive(&dir)?;
     if on_tmpfs(root)? {
         return Ok(());
     }
