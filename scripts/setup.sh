@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
-cargo build --release --locked -p skiff
-install -m 0755 "${CARGO_TARGET_DIR:-target}/release/skiff" /usr/local/bin/skiff
+out=$(bash scripts/release.sh)
+install -m 0755 "$out/skiff" /usr/local/bin/skiff
 
 gateway=${SKIFF_GATEWAY:-127.0.0.1:8080}
 admin=${SKIFF_ADMIN:-127.0.0.1:8081}

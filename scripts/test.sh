@@ -19,3 +19,15 @@ bash scripts/pytools.sh      # the aws CLI and boto3 for the Lambda tests, likew
 # Integration tests share the host's bridge and cgroups; two threads keeps
 # the 2-core machines honest without serialising everything.
 cargo test --locked --workspace -- --test-threads=2
+
+# The tests above run the debug build; the release binary is linked
+# statically (scripts/release.sh): it must run a container too.
+out=$(bash scripts/release.sh)
+smoke=$(mktemp -d)
+smoke_run_dir=/run/skiff/$(printf %s "$(realpath "$smoke")/root" | sha256sum | cut -c1-12)
+trap 'rm -rf "$smoke" "$smoke_run_dir"' EXIT
+python3 scripts/mkimage.py --name localhost/smoke:latest --format docker "$smoke/img.tar" >/dev/null
+SKIFF_ROOT=$smoke/root "$out/skiff" load -q -i "$smoke/img.tar" >/dev/null
+said=$(SKIFF_ROOT=$smoke/root "$out/skiff" run --rm localhost/smoke echo static-ok)
+[[ $said == static-ok ]] || { echo "the release binary's container said '$said'" >&2; exit 1; }
+echo "release binary ($out/skiff): ok"
