@@ -12,7 +12,10 @@
 # [-0.69, -0.36] (bench/ab-start, 400 runs a side). glibc's static
 # resolver still reads /etc/hosts and asks the DNS servers of
 # /etc/resolv.conf; Skiff looks up no users on the host.
-# The target is named so the flag reaches only the binary, not build
+# Its 24k relocations are packed (DT_RELR, glibc 2.36 and binutils 2.38):
+# 7 KB to read at start instead of 575 KB, 15 fewer page faults; `run --rm`
+# -0.57 ms [-0.81, -0.15] and -0.36 [-0.55, -0.20] (both orders).
+# The target is named so the flags reach only the binary, not build
 # scripts and proc-macros (which cannot be static); the output then lands
 # under `$CARGO_TARGET_DIR/<host triple>/release`.
 set -euo pipefail
@@ -20,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 triple_var=$(tr 'a-z-' 'A-Z_' <<<"$host")
-export "CARGO_TARGET_${triple_var}_RUSTFLAGS=-C target-feature=+crt-static"
+export "CARGO_TARGET_${triple_var}_RUSTFLAGS=-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs"
 export LIBSECCOMP_LINK_TYPE=static
 seccomp_a=$(cc -print-file-name=libseccomp.a)
 [[ $seccomp_a == /* ]] || { echo "skiff: libseccomp.a not found (apt install libseccomp-dev)" >&2; exit 1; }
