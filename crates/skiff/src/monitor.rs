@@ -252,8 +252,10 @@ fn start(
 }
 
 /// Waits until the container's init or the runtime exits; whether init
-/// did first. False without waiting when either cannot be watched (init
-/// already reaped, or a kernel without pidfds): the caller then waits for
+/// did first. True at once when init is no more (the runtime, its parent,
+/// reaped it already: a short-lived container often is, by the time it is
+/// recorded as running). False without waiting when either cannot be
+/// watched otherwise (a kernel without pidfds): the caller then waits for
 /// the runtime as before. Should init's pid have been reused already, its
 /// exit was reaped, so true is still the truth about the container.
 fn init_exits_first(init: i32, runtime: i32) -> bool {
@@ -261,9 +263,16 @@ fn init_exits_first(init: i32, runtime: i32) -> bool {
         // SAFETY: pidfd_open takes a pid and flags; a descriptor it
         // returns is ours to own.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
     };
-    let (Some(init_fd), Some(runtime_fd)) = (watch(init), watch(runtime)) else {
+    let init_fd = match watch(init) {
+        Ok(fd) => fd,
+        Err(e) => return e.raw_os_error() == Some(libc::ESRCH),
+    };
+    let Ok(runtime_fd) = watch(runtime) else {
         return false;
     };
     let mut fds = [init_fd.as_raw_fd(), runtime_fd.as_raw_fd()].map(|fd| libc::pollfd {
