@@ -25,7 +25,12 @@ cargo test --locked --workspace -- --test-threads=2
 out=$(bash scripts/release.sh)
 smoke=$(mktemp -d)
 smoke_run_dir=/run/skiff/$(printf %s "$(realpath "$smoke")/root" | sha256sum | cut -c1-12)
-trap 'rm -rf "$smoke" "$smoke_run_dir"' EXIT
+# Never through a mount a failed run may have left.
+trap 'rm -rf --one-file-system "$smoke" "$smoke_run_dir" 2>/dev/null || true' EXIT
+if readelf -lW "$out/skiff" | grep -q INTERP; then
+  echo "the release binary $out/skiff is linked dynamically" >&2
+  exit 1
+fi
 python3 scripts/mkimage.py --name localhost/smoke:latest --format docker "$smoke/img.tar" >/dev/null
 SKIFF_ROOT=$smoke/root "$out/skiff" load -q -i "$smoke/img.tar" >/dev/null
 said=$(SKIFF_ROOT=$smoke/root "$out/skiff" run --rm localhost/smoke echo static-ok)

@@ -252,12 +252,13 @@ fn start(
 }
 
 /// Waits until the container's init or the runtime exits; whether init
-/// did first. True at once when init is no more (the runtime, its parent,
-/// reaped it already: a short-lived container often is, by the time it is
-/// recorded as running). False without waiting when either cannot be
-/// watched otherwise (a kernel without pidfds): the caller then waits for
-/// the runtime as before. Should init's pid have been reused already, its
-/// exit was reaped, so true is still the truth about the container.
+/// did first. True at once when init is no more (its parent, the runtime
+/// for crun and runc, reaped it already: a short-lived container often
+/// is, by the time it is recorded as running). False without waiting
+/// when either cannot be watched otherwise (a kernel without pidfds):
+/// the caller then waits for the runtime as before. Should init's pid
+/// have been reused already, its exit was reaped, so true is still the
+/// truth about the container.
 fn init_exits_first(init: i32, runtime: i32) -> bool {
     let watch = |pid: i32| {
         // SAFETY: pidfd_open takes a pid and flags; a descriptor it
