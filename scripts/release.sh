@@ -22,16 +22,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# RUSTFLAGS would silently replace the flags below, and a target
-# directory set elsewhere than CARGO_TARGET_DIR would put the binary
-# where the caller does not look.
-for v in RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_TARGET_DIR; do
+# CARGO_ENCODED_RUSTFLAGS would silently replace the flags below, and a
+# target directory set elsewhere than CARGO_TARGET_DIR would put the
+# binary where the caller does not look.
+for v in CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_TARGET_DIR; do
   [[ -z ${!v:-} ]] || { echo "skiff: unset $v to build the release binary" >&2; exit 1; }
 done
 command -v cc >/dev/null || { echo "skiff: no C compiler (apt install gcc)" >&2; exit 1; }
 host=$(rustc -vV | sed -n 's/^host: //p')
-triple_var=$(tr 'a-z-' 'A-Z_' <<<"$host")
-export "CARGO_TARGET_${triple_var}_RUSTFLAGS=-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs"
+# With --target, RUSTFLAGS (the caller's, if any, and these) reaches only
+# the target's artifacts.
+export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs"
 export LIBSECCOMP_LINK_TYPE=static
 seccomp_a=$(cc -print-file-name=libseccomp.a)
 [[ $seccomp_a == /* ]] || { echo "skiff: libseccomp.a not found (apt install libseccomp-dev)" >&2; exit 1; }
