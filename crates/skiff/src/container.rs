@@ -176,7 +176,15 @@ pub fn prepare(
     let bundle = ctx.bundle_dir(&record.id);
     ctx.ensure_bundles_dir()?;
     let rootfs = bundle.join("rootfs");
-    for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
+    let mut dirs = vec![rootfs.clone()];
+    if let Some(containers) = dir.parent() {
+        std::fs::create_dir_all(containers)
+            .with_context(|| format!("cannot create {}", containers.display()))?;
+    }
+    if !crate::trash::reuse(&ctx.trash_dir(), &dir) {
+        dirs.extend([dir.join("upper"), dir.join("work")]);
+    }
+    for d in &dirs {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let mut layers = ctx.store()?.layer_dirs(image)?;

@@ -227,8 +227,21 @@ fn what_a_removed_container_wrote_goes_at_once_its_empty_directories_at_the_next
         assert!(m.is_dir() || m.len() == 0, "{} holds data", p.display());
     }
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
-    // Wrote something: removed at once, data and all. Its start emptied
-    // the trash meanwhile.
+    // The next start takes the skeleton as its own directory (the same
+    // inodes), and leaves it to the trash again.
+    use std::os::unix::fs::MetadataExt;
+    let upper_inode = |id: &str| {
+        let upper = s.root.path().join("trash").join(id).join("upper");
+        std::fs::metadata(upper).unwrap().ino()
+    };
+    let inode = upper_inode(&first[0]);
+    s.ok(&["run", "--rm", img, "true"]);
+    let second = s.trash();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first);
+    assert_eq!(upper_inode(&second[0]), inode);
+    // Wrote something: removed at once, data and all. Its start took the
+    // trash's skeleton meanwhile.
     s.ok(&["run", "--rm", img, "sh", "-c", "echo data > /data"]);
     assert_eq!(s.trash(), Vec::<String>::new());
     // So does `rm` of a container that wrote to a file the image has.
