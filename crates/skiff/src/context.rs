@@ -9,7 +9,8 @@
 //!                      container.log
 //!   trash/<id>/        what is left of a removed container that wrote
 //!                      nothing (empty upper and work directories), until
-//!                      the next container start removes it (see trash.rs)
+//!                      the next container start takes it as its own
+//!                      directory or removes it (see trash.rs)
 //!   logs/<service>/    service instances' output, which outlives them:
 //!                      <instance>.log (and .log.1, rotated)
 //!   state.db           SQLite: containers, services, revisions, traffic
