@@ -44,8 +44,9 @@ pub fn discard(id: &str, dir: &Path, trash: &Path) {
 /// faster. A start takes 3 of its 11 inodes from the skeleton this way:
 /// the overlay remakes its own `work/work` and probes the filesystem at
 /// every mount. It refuses a work directory that still marks a volatile
-/// mount: the mark goes first. A skeleton that is not one any more is
-/// removed.
+/// mount: the mark goes first. `upper` is the container's `/` itself: it
+/// must be as a new one would be (see [`pristine_upper`]). A skeleton that
+/// is not one any more is removed.
 pub fn reuse(trash: &Path, dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(trash) else {
         return false;
@@ -61,9 +62,8 @@ pub fn reuse(trash: &Path, dir: &Path) -> bool {
             Ok(()) => true,
             Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         };
-        let upper_empty =
-            std::fs::read_dir(dir.join("upper")).is_ok_and(|mut d| d.next().is_none());
-        if unmarked && upper_empty && only_overlay_own(&dir.join("work"), "") {
+        if unmarked && pristine_upper(&dir.join("upper")) && only_overlay_own(&dir.join("work"), "")
+        {
             return true;
         }
         let id = dir.file_name().unwrap_or_default().to_string_lossy();
@@ -71,6 +71,38 @@ pub fn reuse(trash: &Path, dir: &Path) -> bool {
         return false;
     }
     false
+}
+
+/// Whether `upper`, a past container's `/`, can be the next one's: empty,
+/// root's, mode 0755 and without extended attributes (a container may
+/// have changed any of them on its `/`). The overlay's own uuid is
+/// dropped, so the next mount makes one of its own, and the times are
+/// reset, so nothing of the past container shows.
+fn pristine_upper(upper: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let empty = std::fs::read_dir(upper).is_ok_and(|mut d| d.next().is_none());
+    let plain = std::fs::symlink_metadata(upper)
+        .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.gid() == 0 && m.mode() & 0o7777 == 0o755);
+    if !(empty && plain) {
+        return false;
+    }
+    let Ok(names) = xattr::list(upper) else {
+        return false;
+    };
+    for name in names {
+        if name != "trusted.overlay.uuid" || xattr::remove(upper, &name).is_err() {
+            return false;
+        }
+    }
+    let now = std::time::SystemTime::now();
+    let reset = std::fs::File::open(upper).and_then(|f| {
+        f.set_times(
+            std::fs::FileTimes::new()
+                .set_accessed(now)
+                .set_modified(now),
+        )
+    });
+    reset.is_ok()
 }
 
 /// Removes the files in `dir`; whether what is left is a skeleton: an

@@ -240,6 +240,11 @@ fn what_a_removed_container_wrote_goes_at_once_its_empty_directories_at_the_next
     assert_eq!(second.len(), 1, "{second:?}");
     assert_ne!(second, first);
     assert_eq!(upper_inode(&second[0]), inode);
+    // A container's `/` is its upper directory: one changed there is not
+    // the next container's.
+    s.ok(&["run", "--rm", img, "chmod", "700", "/"]);
+    let out = s.ok(&["run", "--rm", img, "stat", "-c", "%a %u", "/"]);
+    assert_eq!(out.trim(), "755 0");
     // Wrote something: removed at once, data and all. Its start took the
     // trash's skeleton meanwhile.
     s.ok(&["run", "--rm", img, "sh", "-c", "echo data > /data"]);
