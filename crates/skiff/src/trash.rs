@@ -52,8 +52,11 @@ pub fn reuse(trash: &Path, dir: &Path) -> bool {
         return false;
     };
     for entry in entries.flatten() {
+        // Only skeletons: not what a start empties (see `remove_one`).
+        let skeleton = entry.file_type().is_ok_and(|t| t.is_dir())
+            && !entry.file_name().as_encoded_bytes().starts_with(b".");
         // Another start may take the same one first: then try the next.
-        if std::fs::rename(entry.path(), dir).is_err() {
+        if !skeleton || std::fs::rename(entry.path(), dir).is_err() {
             continue;
         }
         let volatile = dir.join("work/work/incompat/volatile");
@@ -181,13 +184,24 @@ impl Emptying {
         Emptying(entries)
     }
 
-    /// Removes one entry; false once there is none left.
+    /// Removes one entry; false once there is none left. The entry is
+    /// first renamed to a name no start takes (a dot name), so a start
+    /// that takes it meanwhile (see [`reuse`]) gets it whole or not at
+    /// all, never half removed.
     pub fn remove_one(&mut self) -> bool {
+        static REMOVING: AtomicUsize = AtomicUsize::new(0);
         let Some(entry) = self.0.pop() else {
             return false;
         };
         let id = entry.file_name().unwrap_or_default().to_string_lossy();
-        remove_dir(&id, &entry);
+        let claimed = entry.with_file_name(format!(
+            ".removing-{}-{}",
+            std::process::id(),
+            REMOVING.fetch_add(1, Ordering::Relaxed)
+        ));
+        if std::fs::rename(&entry, &claimed).is_ok() {
+            remove_dir(&id, &claimed);
+        }
         true
     }
 }
