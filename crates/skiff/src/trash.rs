@@ -83,7 +83,7 @@ pub fn reuse(trash: &Path, dir: &Path) -> bool {
 /// reset, so nothing of the past container shows.
 fn pristine_upper(upper: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let empty = std::fs::read_dir(upper).is_ok_and(|mut d| d.next().is_none());
+    let empty = is_empty_dir(upper);
     let plain = std::fs::symlink_metadata(upper)
         .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.gid() == 0 && m.mode() & 0o7777 == 0o755);
     if !(empty && plain) {
@@ -120,13 +120,18 @@ fn strip_to_skeleton(dir: &Path) -> bool {
         match (entry.file_type(), entry.file_name().to_str()) {
             (Ok(t), Some("work")) if t.is_dir() => skeleton &= only_overlay_own(&path, ""),
             (Ok(t), Some("upper")) if t.is_dir() => {
-                skeleton &= std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none());
+                skeleton &= is_empty_dir(&path);
             }
             (Ok(t), _) if !t.is_dir() => skeleton &= std::fs::remove_file(&path).is_ok(),
             _ => skeleton = false,
         }
     }
     skeleton
+}
+
+/// Whether `dir` is a directory with nothing in it.
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
 /// What overlayfs keeps in a work directory it is done with: its own
