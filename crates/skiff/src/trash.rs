@@ -205,7 +205,12 @@ impl Emptying {
             REMOVING.fetch_add(1, Ordering::Relaxed)
         ));
         if std::fs::rename(&entry, &claimed).is_ok() {
-            remove_dir(&id, &claimed);
+            // Only skeletons are put here; anything else is removed too.
+            if claimed.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                remove_dir(&id, &claimed);
+            } else if let Err(e) = std::fs::remove_file(&claimed) {
+                tracing::warn!(id = %id, "remove {}: {e}", claimed.display());
+            }
         }
         true
     }
