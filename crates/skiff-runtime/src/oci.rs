@@ -173,9 +173,11 @@ impl OciRuntime {
     /// `run.oci.seccomp_bpf_data` annotation: Debian's crun 1.8 compiles the
     /// profile with libseccomp on every start (1.3 ms of a 10 ms start,
     /// measured with bench/start), newer ones keep a cache of their own.
-    /// The rules stay in the config for other runtimes and for readers. A
-    /// profile that cannot be precompiled is left to crun, which then
-    /// reports the problem itself.
+    /// crun then ignores the rules, so they are left out: 43% of the
+    /// config's JSON (5.7 of 13 KB), written here and parsed by crun at
+    /// every start. The filter still applies without them (the tests check
+    /// `Seccomp: 2` and a denied syscall). A profile that cannot be
+    /// precompiled is left to crun, which then reports the problem itself.
     pub fn write_config(&self, bundle: &Path, spec: &Spec) -> Result<(), OciError> {
         let mut spec = std::borrow::Cow::Borrowed(spec);
         let profile = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
@@ -189,6 +191,9 @@ impl OciRuntime {
                     let mut annotations = spec.annotations().clone().unwrap_or_default();
                     annotations.insert(SECCOMP_BPF_ANNOTATION.to_string(), data);
                     spec.set_annotations(Some(annotations));
+                    if let Some(linux) = spec.linux_mut() {
+                        linux.set_seccomp(None);
+                    }
                 }
                 Err(e) => tracing::debug!("{e}; crun compiles the profile itself"),
             }

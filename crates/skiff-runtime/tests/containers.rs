@@ -166,6 +166,10 @@ fn precompiled_seccomp_filter_is_the_one_crun_builds() {
         written["annotations"][SECCOMP_BPF_ANNOTATION].is_string(),
         "crun gets the filter precompiled"
     );
+    assert!(
+        written["linux"]["seccomp"].is_null(),
+        "and not the rules, which it would ignore"
+    );
 
     // A profile no other test compiles (compiled programs are kept per
     // process): Docker's with 32-bit x86 as well.
