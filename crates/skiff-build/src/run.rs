@@ -304,16 +304,14 @@ pub fn run_step(
     step: &RunStep,
     output: &mut dyn FnMut(&[u8]),
 ) -> Result<RunOutcome, RunError> {
+    let hosts = step.bundle.join("hosts");
     let etc = EtcFiles {
-        hosts: step.bundle.join("hosts"),
+        hosts: Some(hosts.clone()),
         hostname: Some(step.bundle.join("hostname")),
         resolv_conf: Some(step.bundle.join("resolv.conf")),
     };
     let hostname = "skiff-build";
-    std::fs::write(
-        &etc.hosts,
-        skiff_runtime::network::etc_hosts(hostname, None),
-    )?;
+    std::fs::write(&hosts, skiff_runtime::network::etc_hosts(hostname, None))?;
     std::fs::write(step.bundle.join("hostname"), format!("{hostname}\n"))?;
     std::fs::write(
         step.bundle.join("resolv.conf"),

@@ -119,19 +119,32 @@ impl Network {
     /// Creates the namespace `netns_dir/<id>` with `lo` up and `eth0` on
     /// the bridge holding a fresh address. On failure nothing is left.
     pub fn setup(&self, id: &str, netns_dir: &Path) -> Result<Attachment, NetworkError> {
+        self.setup_announcing(id, netns_dir, |_| {})
+    }
+
+    /// [`Self::setup`], telling `on_address` the address as soon as it is
+    /// leased, before the interface is made.
+    pub fn setup_announcing(
+        &self,
+        id: &str,
+        netns_dir: &Path,
+        on_address: impl FnOnce(Ipv4Addr),
+    ) -> Result<Attachment, NetworkError> {
         let ns = Namespace::make().map_err(|source| NetworkError::Netns {
             path: Self::netns_path(id, netns_dir),
             source,
         })?;
-        self.setup_in(id, netns_dir, ns)
+        self.setup_in(id, netns_dir, ns, on_address)
     }
 
-    /// [`Self::setup`] in a namespace made ahead (see [`Namespace`]).
+    /// [`Self::setup_announcing`] in a namespace made ahead (see
+    /// [`Namespace`]).
     pub fn setup_in(
         &self,
         id: &str,
         netns_dir: &Path,
         ns: Namespace,
+        on_address: impl FnOnce(Ipv4Addr),
     ) -> Result<Attachment, NetworkError> {
         crate::run_root::ensure();
         let netns_path = Self::netns_path(id, netns_dir);
@@ -148,6 +161,7 @@ impl Network {
                 return Err(e);
             }
         };
+        on_address(ip);
         let att = Attachment {
             netns_path,
             ip,

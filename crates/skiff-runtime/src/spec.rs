@@ -123,10 +123,10 @@ pub struct BindMount {
 /// Host files bind-mounted over the container's `/etc/hosts`,
 /// `/etc/hostname` and `/etc/resolv.conf` (the runtime creates the targets
 /// when the image lacks them). `None` for a file the rootfs already holds
-/// (`skiff run` puts hostname and resolv.conf in a layer of its own).
+/// (`skiff run` puts all three in a layer of its own where it can).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcFiles {
-    pub hosts: PathBuf,
+    pub hosts: Option<PathBuf>,
     pub hostname: Option<PathBuf>,
     pub resolv_conf: Option<PathBuf>,
 }
@@ -472,7 +472,7 @@ fn mounts(cfg: &RunConfig) -> Result<Vec<Mount>, SpecError> {
     ];
     if let Some(etc) = &cfg.etc_files {
         for (dest, src) in [
-            ("/etc/hosts", Some(&etc.hosts)),
+            ("/etc/hosts", etc.hosts.as_ref()),
             ("/etc/hostname", etc.hostname.as_ref()),
             ("/etc/resolv.conf", etc.resolv_conf.as_ref()),
         ] {
@@ -1097,7 +1097,7 @@ mod tests {
             readonly: true,
         }];
         c.etc_files = Some(EtcFiles {
-            hosts: "/h".into(),
+            hosts: Some("/h".into()),
             hostname: Some("/hn".into()),
             resolv_conf: None,
         });

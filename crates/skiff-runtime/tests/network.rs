@@ -66,7 +66,7 @@ fn a_container_gets_an_address_on_the_bridge_and_nothing_is_left() {
     ]);
     cfg.network = NetworkConfig::Path(att.netns_path.clone());
     cfg.etc_files = Some(EtcFiles {
-        hosts: f.dir("hosts"),
+        hosts: Some(f.dir("hosts")),
         hostname: Some(f.dir("hostname")),
         resolv_conf: Some(f.dir("resolv.conf")),
     });

@@ -189,22 +189,21 @@ pub fn prepare(
     }
     let mut layers = ctx.store()?.layer_dirs(image)?;
     // Over a plain /etc goes a layer of the container's own, Docker's
-    // "init layer" made per container: /etc with hostname and resolv.conf,
-    // and an empty hosts for the runtime to bind-mount the real one over
-    // (it holds the address, known only once the network is made). Images
-    // do not carry these files. Lower layers are read-only, so the layer
-    // can live with the bundle on tmpfs: the container's writes to these
-    // files are copied up to its upper directory on disk, as any file's.
-    // Otherwise the runtime bind-mounts all three, creating the targets.
+    // "init layer" made per container: /etc with hostname, resolv.conf and
+    // hosts, which images do not carry. Lower layers are read-only, so the
+    // layer can live with the bundle on tmpfs: the container's writes to
+    // these files are copied up to its upper directory on disk, as any
+    // file's. Otherwise the runtime bind-mounts all three, creating the
+    // targets.
     let etc_layer = etc_is_plain(&layers).then(|| bundle.join("etc-layer"));
     layers.extend(etc_layer.clone());
     let netns_dir = ctx.netns_dir();
+    // On disk, not in the bundle on tmpfs: the container may write to
+    // them (they are mounted read-write, as Docker's), and what it writes
+    // must not fill the host's /run.
     let on_disk = |name: &str| etc_layer.is_none().then(|| dir.join(name));
     let etc = EtcFiles {
-        // On disk, not in the bundle on tmpfs: the container may write to
-        // them (they are mounted read-write, as Docker's), and what it
-        // writes must not fill the host's /run.
-        hosts: dir.join("hosts"),
+        hosts: on_disk("hosts"),
         hostname: on_disk("hostname"),
         resolv_conf: on_disk("resolv.conf"),
     };
@@ -216,18 +215,33 @@ pub fn prepare(
     // A second thread mounts the rootfs and writes the config while this
     // one makes the network namespace: they need nothing from each other
     // but the namespace's path, known from the id, and the address, which
-    // only /etc/hosts holds (written last). The network, the longer of
-    // the two, stays on this thread: a thread spawned by a busy one often
-    // waits in its CPU's queue until the spawner sleeps (here a median
-    // 1 ms with the other vCPU idle), while the network's netlink calls
-    // and its namespace thread sleep early and let the layout run.
+    // only /etc/hosts holds: told as soon as it is leased, before the
+    // interface is made. The network, the longer of the two, stays on
+    // this thread: a thread spawned by a busy one often waits in its
+    // CPU's queue until the spawner sleeps (here a median 1 ms with the
+    // other vCPU idle), while the network's netlink calls and its
+    // namespace thread sleep early and let the layout run.
     let bridge = matches!(network, NetworkConfig::Path(_));
     let hostname = record.id[..12].to_string();
+    let (address_tx, address_rx) = std::sync::mpsc::sync_channel(1);
+    // (A receiver is not shared between threads but behind a lock.)
+    let address_rx = std::sync::Mutex::new(address_rx);
+    let address = || -> Result<Option<Ipv4Addr>> {
+        if !bridge {
+            return Ok(None);
+        }
+        // None comes only once the network has failed, which says why.
+        let rx = address_rx.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Some(rx.recv().context("the network has no address")?))
+    };
     let lay_out = || -> Result<Vec<String>> {
         let hostname_file = format!("{hostname}\n");
         let resolv_conf = skiff_runtime::network::resolv_conf();
         match &etc_layer {
-            Some(layer) => write_etc_layer(layer, &hostname_file, &resolv_conf)?,
+            Some(layer) => {
+                let hosts = skiff_runtime::network::etc_hosts(&hostname, address()?);
+                write_etc_layer(layer, &hostname_file, &resolv_conf, &hosts)?
+            }
             None => {
                 std::fs::write(dir.join("hostname"), hostname_file)?;
                 std::fs::write(dir.join("resolv.conf"), resolv_conf)?;
@@ -238,13 +252,16 @@ pub fn prepare(
         // is no restart), so overlayfs need not sync it; without this,
         // unmounting the rootfs syncs the whole filesystem under
         // $SKIFF_ROOT (syncfs), a millisecond or more on every `run --rm`
-        // and every scale-down.
+        // and every scale-down. `uuid=off`: no uuid is written to the
+        // upper directory at every mount (an xattr, on disk, that the
+        // trash would drop again); it only serves file handles, which
+        // need `index`, off here as by default.
         skiff_runtime::rootfs::mount_overlay_with(
             &layers,
             &dir.join("upper"),
             &dir.join("work"),
             &rootfs,
-            "volatile",
+            "volatile,uuid=off",
         )?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "rootfs mounted");
         let cfg = RunConfig {
@@ -282,10 +299,14 @@ pub fn prepare(
             let t0 = std::time::Instant::now();
             let network = Network::new();
             let made = args.namespace.take().map(NamespaceMaker::join);
+            // Dropped unused should the network fail first.
+            let announce = move |ip| {
+                let _ = address_tx.send(ip);
+            };
             let attached = match made {
-                Some(Ok(ns)) => network.setup_in(&record.id, &netns_dir, ns),
+                Some(Ok(ns)) => network.setup_in(&record.id, &netns_dir, ns, announce),
                 // Made here instead (a failure, the same again, says why).
-                _ => network.setup(&record.id, &netns_dir),
+                _ => network.setup_announcing(&record.id, &netns_dir, announce),
             };
             tracing::debug!(us = t0.elapsed().as_micros() as u64, "network set up");
             let command = match laid_out {
@@ -296,19 +317,29 @@ pub fn prepare(
                 Err(_) => lay_out(),
             };
             // Both results are in hand: the caller's release undoes either.
-            Ok((command?, Some(attached?.ip)))
+            // The network's error first: without it, the layout has no
+            // address either.
+            let ip = attached?.ip;
+            Ok((command?, Some(ip)))
         })?
     } else {
         (lay_out()?, None)
     };
-    std::fs::write(&etc.hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
+    if let Some(hosts) = &etc.hosts {
+        std::fs::write(hosts, skiff_runtime::network::etc_hosts(&hostname, ip))?;
+    }
     Ok(Prepared { ip, command })
 }
 
 /// The container's own layer at `layer` (see `prepare`): `etc/` (root's,
-/// 0755) with `hostname`, `resolv.conf` and an empty `hosts`, all 0644
-/// whatever the umask.
-fn write_etc_layer(layer: &Path, hostname: &str, resolv_conf: &str) -> std::io::Result<()> {
+/// 0755) with `hostname`, `resolv.conf` and `hosts`, all 0644 whatever
+/// the umask.
+fn write_etc_layer(
+    layer: &Path,
+    hostname: &str,
+    resolv_conf: &str,
+    hosts: &str,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let etc = layer.join("etc");
@@ -317,7 +348,7 @@ fn write_etc_layer(layer: &Path, hostname: &str, resolv_conf: &str) -> std::io::
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
     }
     for (name, content) in [
-        ("hosts", ""),
+        ("hosts", hosts),
         ("hostname", hostname),
         ("resolv.conf", resolv_conf),
     ] {

@@ -4,9 +4,9 @@
 //! $SKIFF_ROOT/
 //!   images/            content store (an OCI image layout + unpacked layers)
 //!   containers/<id>/   what a container writes: upper, work (its overlay's
-//!                      writable layer), hosts (hostname and resolv.conf
-//!                      too, under an image whose /etc is not plain),
-//!                      container.log
+//!                      writable layer), container.log; hosts,
+//!                      hostname and resolv.conf under an image whose
+//!                      /etc is not plain
 //!   trash/<id>/        what is left of a removed container that wrote
 //!                      nothing (empty upper and work directories), until
 //!                      the next container start takes it as its own
@@ -21,8 +21,8 @@
 //!   containers/<id>/   the bundle: config.json, rootfs (the overlay's mount
 //!                      point, unmounted once the container exists: see
 //!                      container.rs's detach_rootfs), etc-layer (its top
-//!                      lower layer: /etc with hostname, resolv.conf and an
-//!                      empty hosts for the bind mount), pid, runtime.log
+//!                      lower layer: /etc with hostname, resolv.conf and
+//!                      hosts), pid, runtime.log
 //!   netns/<id>         the container's network namespace (a bind mount)
 //!   runtime/<name>/    the OCI runtime's own state (--root)
 //! /run/skiff/ipam/       address leases on skiff0, shared by all roots

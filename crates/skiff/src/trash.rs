@@ -12,8 +12,8 @@
 //! and empties the rest of the trash while its runtime sets the container
 //! up (see `monitor::start`).
 //!
-//! The trash never holds what a container wrote: its files (`hosts`, the
-//! log) are removed at once, and a container whose upper directory is
+//! The trash never holds what a container wrote: its files (the log, the
+//! /etc files of an image whose /etc is not plain) are removed at once, and a container whose upper directory is
 //! not empty is removed whole, at once, as before.
 
 use std::path::{Path, PathBuf};
@@ -43,8 +43,14 @@ pub fn discard(id: &str, dir: &Path, trash: &Path) {
 /// start that makes and later deletes fewer inodes keeps every later one
 /// faster. A start takes 3 of its 11 inodes from the skeleton this way:
 /// the overlay remakes its own `work/work` and probes the filesystem at
-/// every mount. It refuses a work directory that still marks a volatile
-/// mount: the mark goes first. `upper` is the container's `/` itself: it
+/// every mount.
+///
+/// The past mount's `work/work` (and in it the mark of a volatile mount,
+/// which a mount refuses) goes back to the trash under a dot name, for
+/// [`Emptying`] to remove while the runtime makes the container: the
+/// mount would remove it itself otherwise, and on an ext4 mounted with
+/// `discard` (this kind of VM) every directory removed waits for its
+/// block's discard, 60 us each. `upper` is the container's `/` itself: it
 /// must be as a new one would be (see [`pristine_upper`]). A skeleton that
 /// is not one any more is removed.
 pub fn reuse(trash: &Path, dir: &Path) -> bool {
@@ -59,17 +65,16 @@ pub fn reuse(trash: &Path, dir: &Path) -> bool {
         if !skeleton || std::fs::rename(entry.path(), dir).is_err() {
             continue;
         }
-        let volatile = dir.join("work/work/incompat/volatile");
-        let _ = std::fs::remove_file(volatile.join("dirty"));
-        let unmarked = match std::fs::remove_dir(&volatile) {
+        let id = dir.file_name().unwrap_or_default().to_string_lossy();
+        let work = dir.join("work");
+        let set_aside = match std::fs::rename(work.join("work"), trash.join(format!(".work-{id}")))
+        {
             Ok(()) => true,
             Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         };
-        if unmarked && pristine_upper(&dir.join("upper")) && only_overlay_own(&dir.join("work"), "")
-        {
+        if set_aside && is_empty_dir(&work) && pristine_upper(&dir.join("upper")) {
             return true;
         }
-        let id = dir.file_name().unwrap_or_default().to_string_lossy();
         remove_dir(&id, dir);
         return false;
     }
@@ -78,9 +83,9 @@ pub fn reuse(trash: &Path, dir: &Path) -> bool {
 
 /// Whether `upper`, a past container's `/`, can be the next one's: empty,
 /// root's, mode 0755 and without extended attributes (a container may
-/// have changed any of them on its `/`). The overlay's own uuid is
-/// dropped, so the next mount makes one of its own, and the times are
-/// reset, so nothing of the past container shows.
+/// have changed any of them on its `/`). The overlay's own uuid (which
+/// mounts wrote before they were made with `uuid=off`) is dropped, and
+/// the times are reset, so nothing of the past container shows.
 fn pristine_upper(upper: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let empty = is_empty_dir(upper);

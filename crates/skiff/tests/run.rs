@@ -191,6 +191,12 @@ fn a_container_that_writes_nothing_leaves_its_writable_layer_empty() {
     let upper = containers[0].path().join("upper");
     let written: Vec<_> = std::fs::read_dir(&upper).unwrap().flatten().collect();
     assert!(written.is_empty(), "{written:?}");
+    let files: Vec<_> = std::fs::read_dir(containers[0].path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(!files.iter().any(|f| f == "hosts"), "{files:?}");
     let out = s.ok(&[
         "run",
         "--rm",
@@ -485,6 +491,26 @@ fn stdin_volumes_limits_networks_and_runtimes() {
         bridge.contains("eth0") && bridge.contains("10.89."),
         "{bridge}"
     );
+    // /etc/hosts names the container at that address; with no network of
+    // its own, at loopback.
+    let script =
+        "ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1; hostname; tail -1 /etc/hosts";
+    let out = s.ok(&["run", "--rm", img, "sh", "-c", script]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("10.89."), "{out}");
+    assert_eq!(lines[2], format!("{}\t{}", lines[0], lines[1]), "{out}");
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        img,
+        "sh",
+        "-c",
+        "hostname; tail -1 /etc/hosts",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[1], format!("127.0.0.1\t{}", lines[0]), "{out}");
     // An IPv4 network: no IPv6 on eth0 (no link-local address to reach
     // the host by), ::1 still on lo.
     let v6 = s.ok(&[

@@ -131,7 +131,8 @@ impl Skiff {
             }
         }
         // In the trash, only the skeleton of a container that wrote
-        // nothing: its empty upper directory and overlayfs's own.
+        // nothing: its empty upper directory and overlayfs's own; and
+        // overlayfs's `work/work` that a start set aside (`.work-<id>`).
         const SKELETON: [&str; 6] = [
             "upper",
             "work",
@@ -142,9 +143,15 @@ impl Skiff {
         ];
         let trash = self.root.path().join("trash");
         for entry in self.trash() {
-            let dir = trash.join(entry);
+            let dir = trash.join(&entry);
+            let prefix = if entry.starts_with(".work-") {
+                "work/work/"
+            } else {
+                ""
+            };
             for p in walk(&dir) {
                 let rel = p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
+                let rel = format!("{prefix}{rel}");
                 let empty = p
                     .symlink_metadata()
                     .is_ok_and(|m| m.is_dir() || (m.is_file() && m.len() == 0));
