@@ -142,6 +142,26 @@ impl State {
         Ok(())
     }
 
+    /// [`Self::set_prepared`] and [`Self::set_running`] in one write, for
+    /// a monitor that prepared the container itself: one transaction (and
+    /// its pages in the write-ahead log) fewer on the way to a running
+    /// container.
+    pub fn set_prepared_running(
+        &self,
+        id: &str,
+        ip: Option<&str>,
+        command: &[String],
+        pid: i32,
+        monitor_pid: i32,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE containers SET ip = ?2, command = ?3, status = 'running', pid = ?4,
+                monitor_pid = ?5 WHERE id = ?1",
+            params![id, ip, to_json(&command), pid, monitor_pid],
+        )?;
+        Ok(())
+    }
+
     pub fn set_running(&self, id: &str, pid: i32, monitor_pid: i32) -> Result<(), StateError> {
         self.conn.execute(
             "UPDATE containers SET status = 'running', pid = ?2, monitor_pid = ?3 WHERE id = ?1",
@@ -343,6 +363,15 @@ mod tests {
         );
         assert_eq!(c.ports[0].container_port, 80);
         assert_eq!(c.command, ["httpd"]);
+        // The same in one write.
+        s.set_prepared_running("abc9990000", Some("10.89.0.3"), &["pg".into()], 43, 41)
+            .unwrap();
+        let c = s.find_container("db").unwrap().unwrap();
+        assert_eq!(
+            (c.status, c.pid, c.monitor_pid, c.ip.as_deref()),
+            (Status::Running, Some(43), Some(41), Some("10.89.0.3"))
+        );
+        assert_eq!(c.command, ["pg"]);
 
         s.set_exited("abcdef0123", 137, 5).unwrap();
         let c = s.find_container("web").unwrap().unwrap();

@@ -101,12 +101,13 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
         release(ctx, &record.id, &runtime, true);
         return Ok(128 + sig as u8);
     }
-    let ip = prepared.ip.map(|ip| ip.to_string());
-    state
-        .set_prepared(&record.id, ip.as_deref(), &prepared.command)
-        .map_err(|e| undo(e.into()))?;
     if args.detach {
-        // The monitor lives on, reparented to init once we exit.
+        // The monitor lives on, reparented to init once we exit, and finds
+        // the address in the record.
+        let ip = prepared.ip.map(|ip| ip.to_string());
+        state
+            .set_prepared(&record.id, ip.as_deref(), &prepared.command)
+            .map_err(|e| undo(e.into()))?;
         drop(crate::monitor::spawn_detached(ctx, &record, listeners).map_err(undo)?);
         println!("{id}");
         Ok(0)
@@ -115,6 +116,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
             foreground: true,
             interactive: args.interactive,
             forward_signals: true,
+            unrecorded_command: Some(prepared.command),
         };
         crate::monitor::run(ctx, &record, &runtime, prepared.ip, listeners, opts, None)
     }

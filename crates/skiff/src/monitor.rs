@@ -51,6 +51,10 @@ pub struct Options {
     /// process group of its own so a Ctrl-C meant for the daemon does not
     /// reach the containers behind its back.
     pub forward_signals: bool,
+    /// The command of a container whose preparation is not recorded yet
+    /// (see `State::set_prepared`): recorded with its start, with the
+    /// address.
+    pub unrecorded_command: Option<Vec<String>>,
 }
 
 /// Told once whether the container runs (`Ok`) or why it could not start.
@@ -96,9 +100,22 @@ pub fn run(
         Ok(s) => s,
         Err(e) => return abort(e),
     };
-    let running = ctx
-        .state()
-        .and_then(|st| Ok(st.set_running(&record.id, started.pid, std::process::id() as i32)?));
+    let monitor_pid = std::process::id() as i32;
+    let running = ctx.state().and_then(|st| {
+        Ok(match &opts.unrecorded_command {
+            Some(command) => {
+                let ip = ip.map(|ip| ip.to_string());
+                st.set_prepared_running(
+                    &record.id,
+                    ip.as_deref(),
+                    command,
+                    started.pid,
+                    monitor_pid,
+                )?
+            }
+            None => st.set_running(&record.id, started.pid, monitor_pid)?,
+        })
+    });
     if let Err(e) = running {
         // Nobody could find or stop a container we cannot record: take it down.
         let _ = runtime.kill(&record.id, libc::SIGKILL, true);
@@ -482,6 +499,7 @@ pub fn detached_main(ctx: &Context, id: &str, notify_fd: i32, listen_fds: &[i32]
         foreground: false,
         interactive: false,
         forward_signals: true,
+        unrecorded_command: None,
     };
     run(ctx, &record, &runtime, ip, listeners, opts, Some(tell))
 }

@@ -1085,6 +1085,7 @@ fn start_monitor(root: &Path, rev: &Revision, bundle: Bundle) -> Result<Created>
                     foreground: false,
                     interactive: false,
                     forward_signals: false,
+                    unrecorded_command: None,
                 };
                 let notify: crate::monitor::Notify = Box::new(move |r| drop(tell.send(r)));
                 let run = crate::monitor::run(
