@@ -13,8 +13,9 @@
 //! up (see `monitor::start`).
 //!
 //! The trash never holds what a container wrote: its files (the log, the
-//! /etc files of an image whose /etc is not plain) are removed at once, and a container whose upper directory is
-//! not empty is removed whole, at once, as before.
+//! /etc files of an image whose /etc is not plain) are removed at once,
+//! and a container whose upper directory is not empty is removed whole,
+//! at once, as before.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,7 +42,7 @@ pub fn discard(id: &str, dir: &Path, trash: &Path) {
 /// journal) a deleted inode is not handed out again for a minute or more,
 /// and every allocation first steps over each one deleted meanwhile, so a
 /// start that makes and later deletes fewer inodes keeps every later one
-/// faster. A start takes 3 of its 11 inodes from the skeleton this way:
+/// faster. A start takes 3 of its 10 inodes from the skeleton this way:
 /// the overlay remakes its own `work/work` and probes the filesystem at
 /// every mount.
 ///
