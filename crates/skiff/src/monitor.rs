@@ -102,7 +102,7 @@ pub fn run(
     };
     let monitor_pid = std::process::id() as i32;
     let running = ctx.state().and_then(|st| {
-        Ok(match &opts.unrecorded_command {
+        match &opts.unrecorded_command {
             Some(command) => {
                 let ip = ip.map(|ip| ip.to_string());
                 st.set_prepared_running(
@@ -111,10 +111,11 @@ pub fn run(
                     command,
                     started.pid,
                     monitor_pid,
-                )?
+                )
             }
-            None => st.set_running(&record.id, started.pid, monitor_pid)?,
-        })
+            None => st.set_running(&record.id, started.pid, monitor_pid),
+        }
+        .map_err(anyhow::Error::from)
     });
     if let Err(e) = running {
         // Nobody could find or stop a container we cannot record: take it down.
