@@ -49,6 +49,8 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<u8> {
     let namespace = (args.network == "bridge")
         .then(Namespace::spawn)
         .and_then(Result::ok);
+    // And the state database is opened meanwhile, for the record.
+    ctx.open_state_ahead();
     let image = crate::images::resolve_or_pull(ctx, &args.image)?;
     tracing::debug!("image resolved");
     let id = new_id()?;
