@@ -123,10 +123,10 @@ impl Context {
     }
 
     /// Starts opening the state database on a thread of its own, for
-    /// [`Self::state`] to take. The first process to open it reads it and
-    /// rebuilds the index of its write-ahead log (0.3-0.5 ms here, part of
-    /// it waiting for the disk), which `skiff run` does meanwhile instead
-    /// of before its first write: -0.29 ms [-0.53, -0.05] and -0.37
+    /// [`Self::state`] to take. Opening it reads it and, unless another
+    /// process has it open, rebuilds the index of its write-ahead log
+    /// (0.3-0.5 ms here, part of it waiting for the disk), which `skiff
+    /// run` does meanwhile instead of before its first write: -0.29 ms [-0.53, -0.05] and -0.37
     /// [-0.75, -0.08] of `skiff run --rm IMG true` (bench/ab-start, 400
     /// runs a side, both orders). A failure is left for `state` to report.
     pub fn open_state_ahead(&self) {
