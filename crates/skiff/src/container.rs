@@ -180,16 +180,16 @@ pub fn prepare(
     let bundle = ctx.bundle_dir(&record.id);
     ctx.ensure_bundles_dir()?;
     let rootfs = bundle.join("rootfs");
-    let mut dirs = vec![rootfs.clone()];
     if let Some(containers) = dir.parent() {
         std::fs::create_dir_all(containers)
             .with_context(|| format!("cannot create {}", containers.display()))?;
     }
+    // The container's directory, with its upper and work directories from
+    // a skeleton in the trash; else made here, and those two made with
+    // the rootfs's mount point by the overlay's mount (mount_overlay_with).
     if !crate::trash::reuse(&ctx.trash_dir(), &dir) {
-        dirs.extend([dir.join("upper"), dir.join("work")]);
-    }
-    for d in &dirs {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut layers = ctx.store()?.layer_dirs(image)?;
     // Over a plain /etc goes a layer of the container's own, Docker's
